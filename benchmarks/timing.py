@@ -1,0 +1,152 @@
+"""Timing, result rows, tables and JSON output shared by the benchmark scripts.
+
+A benchmark is a callable that does one unit of work (a training step, one augmented batch, ...)
+and returns something to block on. :func:`time_call` runs it ``warmup`` times untimed (compilation,
+caches), then ``repeats`` timed rounds of ``calls`` calls each, blocking on the last result with
+``jax.block_until_ready`` (or a user ``sync``), and reports the median seconds per call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def ensure_repo_on_path() -> None:
+    """Makes ``import semsad_jax`` / ``configs`` / ``benchmarks`` work when run as a script."""
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+
+
+def _block(result: Any) -> None:
+    import jax
+
+    jax.block_until_ready(result)
+
+
+@dataclasses.dataclass
+class Timing:
+    """Seconds per call: median, min, max over ``repeats`` rounds (each the mean of ``calls``)."""
+
+    median_s: float
+    min_s: float
+    max_s: float
+    repeats: int
+    calls: int
+
+
+def time_call(
+    fn: Callable[[], Any],
+    *,
+    warmup: int = 2,
+    repeats: int = 5,
+    calls: int = 1,
+    sync: Callable[[Any], None] | None = None,
+) -> Timing:
+    """Times ``fn()``: ``warmup`` untimed calls, then ``repeats`` rounds of ``calls`` calls.
+
+    Each round ends by blocking on its last result (``sync``, default ``jax.block_until_ready``);
+    since device work is asynchronous and in order, that waits for the whole round.
+    """
+    sync = sync or _block
+    for _ in range(max(warmup, 0)):
+        sync(fn())
+    per_call = []
+    for _ in range(max(repeats, 1)):
+        start = time.perf_counter()
+        result = None
+        for _ in range(max(calls, 1)):
+            result = fn()
+        sync(result)
+        per_call.append((time.perf_counter() - start) / max(calls, 1))
+    return Timing(
+        median_s=statistics.median(per_call),
+        min_s=min(per_call),
+        max_s=max(per_call),
+        repeats=len(per_call),
+        calls=max(calls, 1),
+    )
+
+
+def row(
+    bench: str,
+    dtype: str,
+    items: int,
+    unit: str,
+    timing: Timing,
+    framework: str = "jax",
+    **extra: Any,
+) -> dict:
+    """One result row: ``items`` processed per call, the timing, and items per second."""
+    out = {
+        "bench": bench,
+        "framework": framework,
+        "dtype": dtype,
+        "unit": unit,
+        "items_per_call": int(items),
+        "median_ms": round(timing.median_s * 1e3, 3),
+        "min_ms": round(timing.min_s * 1e3, 3),
+        "max_ms": round(timing.max_s * 1e3, 3),
+        "repeats": timing.repeats,
+        "calls": timing.calls,
+        "items_per_s": round(items / timing.median_s, 1) if timing.median_s > 0 else float("inf"),
+    }
+    out.update(extra)
+    return out
+
+
+def machine_info() -> dict:
+    """Where the numbers came from: host, CPU count, load, JAX devices and versions."""
+    import jax
+
+    info = {
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d.device_kind) for d in jax.devices()],
+    }
+    return info
+
+
+def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    """A markdown table of ``rows`` with ``columns`` = [(key, header)]; missing values are blank."""
+
+    def fmt(value: Any) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, float):
+            return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.4g}"
+        return str(value)
+
+    lines = [
+        "| " + " | ".join(h for _, h in columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+    ]
+    for r in rows:
+        lines.append("| " + " | ".join(fmt(r.get(k)) for k, _ in columns) + " |")
+    return "\n".join(lines)
+
+
+def write_json(path: str | None, payload: dict) -> None:
+    """Writes ``payload`` as indented JSON to ``path`` ("-" = stdout; None = nowhere)."""
+    if not path:
+        return
+    text = json.dumps(payload, indent=2, default=str)
+    if path == "-":
+        print(text)
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text + "\n")

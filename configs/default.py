@@ -1,0 +1,108 @@
+"""Default semsad-jax configuration: every field, documented.
+
+Other configs start from ``get_config()`` here and change a few fields. Any field can be overridden
+on the command line, e.g. ``--config.encoder.epochs=3 --config.data.image_size=16``.
+
+Where the SemSAD paper and the authors' code differ, the default follows the paper and the comment
+names the authors' value (see README, "Paper vs authors' code vs our defaults").
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # Seeds parameters, data order and every augmentation key (fold_in(seed, step)).
+    c.dtype = "float32"  # Compute dtype of the convnets: "float32" or "bfloat16" (GPU/TPU).
+
+    # ---- data -------------------------------------------------------------------------------
+    c.data = d = ml_collections.ConfigDict()
+    # Source spec strings (see README "Data sources"): tfds:NAME/SPLIT, folder:PATH,
+    # archive:PATH!SUBDIR, npz:PATH, sklearn:digits[/train|/test]; query suffixes ?classes=a,b
+    # &exclude=c &limit=N &seed=S. Labels are never used for training.
+    d.train = "sklearn:digits/train"
+    d.test = "sklearn:digits/test"
+    d.image_size = 32  # Every source is resized to image_size x image_size x 3 (uint8).
+    d.cache_dir = ""  # Decoded-data cache; "" = $SEMSAD_CACHE or ~/.cache/semsad_jax; "none" = off.
+    d.on_corrupt = (
+        "skip"  # Unreadable images in folder/archive sources: "skip" (count logged) or "error".
+    )
+    # Contaminated training (UFDGAN-style protocol): mix this fraction of images from
+    # data.contamination_source into the training set ("" = no contamination).
+    d.contamination_source = ""
+    d.contamination = 0.0
+
+    # ---- encoder h (contrastive) -------------------------------------------------------------
+    c.encoder = e = ml_collections.ConfigDict()
+    e.depth = 18  # 18 or 34 (CIFAR ResNet: 3x3 stem, stride 1, no max-pool).
+    e.width = 64  # Channels of the first stage (64 = standard ResNet).
+    e.norm = "batch"  # "batch" or "group".
+    e.head = "mlp"  # "mlp" (paper: MLP head to out_dim) or "linear" (authors' code: 512 -> 128).
+    e.out_dim = 128
+    e.loss = "infonce"  # "infonce" (authors': view1 rows vs view2 columns) or "ntxent" (symmetric).
+    e.temperature = 1.0  # Paper: 1.0; authors' code: 0.5.
+    e.augment = "encoder"  # Augmentation preset for the two views (see semsad_jax.augment.PRESETS).
+    e.batch_size = 2048  # Global batch (split over all devices and hosts).
+    e.epochs = 1500
+    e.optimizer = "adam"  # "adam", "adamw", "amsgrad" or "sgd" (momentum 0.9).
+    e.learning_rate = 3e-4
+    e.weight_decay = 1e-6  # Coupled L2 (added to the gradient) for adam/sgd; decoupled for adamw.
+    e.schedule = "constant"  # "constant" (paper and code), "cosine", or "piecewise" (see below).
+    e.warmup_epochs = 0
+    e.lr_boundaries = ()  # Epochs at which piecewise schedule multiplies lr by lr_scales[i].
+    e.lr_scales = ()
+    e.checkpoint_every_steps = 500
+    e.keep_checkpoints = 3
+    e.log_every_steps = 20
+    e.knn_every_epochs = 0  # kNN monitor every M epochs during training (0 = only at the end).
+    e.knn_k = 200
+    e.knn_temperature = 0.1
+
+    # ---- discriminator s (pair classifier) ---------------------------------------------------
+    c.discriminator = s = ml_collections.ConfigDict()
+    s.depth = 34  # Paper: 18/34; authors' code: 34.
+    s.width = 64
+    s.activation = "elu"
+    s.norm = (
+        "batch"  # "batch" (running stats at inference), "group", "batch_transductive" (authors').
+    )
+    s.out_dim = 1  # Paper: 1; authors' code: 64 logits (loss averaged over them, score = sum).
+    s.head = "linear"
+    s.neighbours = 4  # k of the semantic neighbourhood S(x).
+    s.mu = 1.0 / 32  # Fraction of positive pairs replaced by (x, member of S(x)).
+    s.pairs = "paper"  # "paper" or "authors" pair-sampling variant (see semsad_jax.pairs).
+    s.pos_augment = "t_pos"
+    s.neg_augment = "t_neg"
+    s.gamma = "uniform"  # "uniform" (paper: U(1, 10)) or "integer" (authors': 1..9).
+    s.gamma_max = 10.0
+    s.batch_size = 128
+    s.epochs = 701
+    s.steps_per_epoch = 0  # 0 = len(train) // batch_size; the authors' loader gives 5 on CIFAR.
+    s.learning_rate = 5e-5
+    s.weight_decay = 1e-6
+    s.optimizer = "amsgrad"
+    s.lr_boundaries = (200, 500)  # Epochs. Paper: x0.2 after 200, x0.1 after 500.
+    s.lr_scales = (0.2, 0.1)  # Authors' code: (0.2, 0.05) i.e. x0.01 overall from epoch 500.
+    s.checkpoint_every_steps = 500
+    s.keep_checkpoints = 3
+    s.log_every_steps = 20
+    s.feature_batch_size = 1024  # Batch for feature-bank building (inference).
+
+    # ---- evaluation ------------------------------------------------------------------------
+    c.eval = v = ml_collections.ConfigDict()
+    v.in_distribution = ""  # Spec of the in-distribution test set; "" = data.test.
+    v.ood = ml_collections.ConfigDict()  # name -> spec, e.g. v.ood.svhn = "tfds:svhn_cropped/test".
+    v.batch_size = 500
+    v.knn_k = 1  # k of the knn baseline (similarity to the k-th nearest training feature).
+    # mahalanobis baseline (SSD without labels) on the L2-normalised h features of the bank:
+    v.mahalanobis_clusters = 1  # 1 = one Gaussian; > 1 = k-means clusters, distance to the nearest.
+    v.mahalanobis_shrinkage = 0.0  # Covariance (1-a) S + a tr(S)/D I before the pinv; 0 = SSD's.
+    v.tpr = 0.95  # Threshold keeps this fraction of in-distribution test images.
+    v.plots = True  # PNG score histograms (paper's Figure 4 style) and ROC curves in WORKDIR/eval.
+    v.plot_pairs = 512  # Training positive / negative pairs scored for the histogram (0 = none).
+    v.report_dir = ""  # --mode=report output; "" = <common parent of --workdirs>/report.
+
+    c.workdir = ""  # Set by --workdir.
+    c.progress = True  # Progress bar on stderr.
+    c.tensorboard = False  # Also write TensorBoard summaries (needs tensorflow).
+    return c

@@ -1,0 +1,239 @@
+"""Orbax checkpoints of a training stage, the stage's metadata, and the one-writer-per-workdir lock.
+
+Layout of a stage directory (``WORKDIR/encoder/``, ``WORKDIR/discriminator/``)::
+
+    <step>/state/...   Orbax CheckpointManager steps (the last K kept); the saved pytree is
+                       {"params": ..., "batch_stats": ..., "opt_state": ...} of numpy/jax arrays
+    stage.json         what was trained: model config, total steps, finished flag (checked on resume)
+    metrics.jsonl      one JSON object per logged step
+
+A checkpoint that cannot be read (half written, corrupted) is reported, moved aside to
+``corrupt-<step>-<time>`` (never deleted) and the previous good one is used.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from semsad_jax.errors import SemsadError
+
+log = logging.getLogger(__name__)
+
+
+def _steps_on_disk(directory: str) -> list[int]:
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+
+
+class StageCheckpoints:
+    """Saves and restores one stage's state with an Orbax ``CheckpointManager``.
+
+    Args:
+      directory: the stage directory (created if missing).
+      keep: how many checkpoints to keep (the newest ``keep``).
+      asynchronous: write in a background thread (Orbax async checkpointing).
+    """
+
+    def __init__(self, directory: str, *, keep: int = 3, asynchronous: bool = True):
+        self.directory = os.path.abspath(directory)
+        self.keep = keep
+        self.asynchronous = asynchronous
+        os.makedirs(self.directory, exist_ok=True)
+        self._manager = self._new_manager()
+
+    def _new_manager(self) -> ocp.CheckpointManager:
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=self.keep,
+            create=True,
+            enable_async_checkpointing=self.asynchronous,
+        )
+        return ocp.CheckpointManager(self.directory, options=options, item_names=("state",))
+
+    def latest_step(self) -> int | None:
+        """The newest finished checkpoint step, or None."""
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def save(self, step: int, state: Any) -> None:
+        """Saves ``state`` (a pytree of arrays) as ``step``; no-op if that step already exists."""
+        if step in self._manager.all_steps():
+            return
+        self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+
+    def wait(self) -> None:
+        """Blocks until every asynchronous save has been committed to disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def restore(self, target: Any, step: int | None = None) -> tuple[Any, int] | None:
+        """Restores the newest readable checkpoint (or exactly ``step``) into the shape of ``target``.
+
+        Args:
+          target: a pytree of arrays or ``jax.ShapeDtypeStruct`` (with shardings) giving structure,
+            shapes, dtypes and placement.
+          step: a specific step; None = newest readable.
+        Returns:
+          (state, step), or None when there is no checkpoint at all.
+        """
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        steps = [step] if step is not None else sorted(self._manager.all_steps(), reverse=True)
+        for candidate in steps:
+            try:
+                restored = self._manager.restore(
+                    candidate, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+                )
+                return restored["state"], candidate
+            except Exception as err:
+                if _is_mismatch(err):
+                    raise SemsadError(
+                        f"checkpoint {self.directory}/{candidate} does not match this config's model "
+                        f"({_first_line(err)}); use the config it was trained with, or another --workdir."
+                    ) from None
+                if step is not None:
+                    raise SemsadError(
+                        f"checkpoint {self.directory}/{candidate} is unreadable ({_first_line(err)})."
+                    ) from None
+                self._set_aside(candidate, err)
+        return None
+
+    def _set_aside(self, step: int, err: Exception) -> None:
+        src = os.path.join(self.directory, str(step))
+        dst = os.path.join(self.directory, f"corrupt-{step}-{int(time.time())}")
+        log.warning(
+            "checkpoint %s is unreadable (%s); moved it to %s and using the previous one",
+            src,
+            _first_line(err),
+            dst,
+        )
+        if jax.process_index() == 0 and os.path.exists(src):
+            os.replace(src, dst)
+        self._manager.close()
+        self._manager = self._new_manager()
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:200]
+
+
+def _is_mismatch(err: Exception) -> bool:
+    text = str(err).lower()
+    return any(
+        s in text
+        for s in (
+            "shape mismatch",
+            "does not match",
+            "incompatible shape",
+            "tree structure",
+            "keys",
+        )
+    ) and not any(s in text for s in ("corrupt", "decode", "truncat", "crc", "not found"))
+
+
+# ---- stage metadata ---------------------------------------------------------------------------
+
+
+def read_json(path: str) -> dict | None:
+    """The JSON object at ``path``, or None if missing; a clear error if it is unreadable."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise SemsadError(f"{path} is unreadable ({err}); restore or delete it.") from None
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Writes ``obj`` as JSON atomically (temporary file, then rename); process 0 only."""
+    if jax.process_index() != 0:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+    os.replace(tmp, path)
+
+
+def check_stage_identity(
+    stage_dir: str, identity: dict, stage: str, overwrite: bool
+) -> dict | None:
+    """Compares the model/data identity of a stage with what ``stage.json`` recorded.
+
+    Returns the recorded metadata (None for a new stage). Raises SemsadError if the workdir holds a
+    different model, unless ``overwrite`` is set (then the caller moves the old stage aside).
+    """
+    meta = read_json(os.path.join(stage_dir, "stage.json"))
+    if meta is None or overwrite:
+        return meta
+    recorded = meta.get("identity", {})
+    diff = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k))
+    if diff:
+        k = diff[0]
+        raise SemsadError(
+            f"{stage_dir} holds a {stage} trained with {k}={recorded.get(k)!r}, but the config says "
+            f"{k}={identity.get(k)!r}; use the matching config, another --workdir, or --overwrite to "
+            f"retrain (the old stage is kept as {stage}.old-<time>)."
+        )
+    return meta
+
+
+def move_aside(path: str) -> str | None:
+    """Renames ``path`` to ``path.old-<time>`` (never deletes); returns the new name or None."""
+    if not os.path.exists(path) or jax.process_index() != 0:
+        return None
+    dst = f"{path}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+    os.replace(path, dst)
+    log.warning("moved %s to %s", path, dst)
+    return dst
+
+
+# ---- one writer per workdir -------------------------------------------------------------------
+
+
+class WorkdirLock:
+    """An exclusive ``flock`` on ``WORKDIR/.lock`` held while a process writes to the workdir.
+
+    The kernel releases it when the process dies (even on SIGKILL), so a stale lock never blocks.
+    """
+
+    def __init__(self, workdir: str):
+        self.path = os.path.join(workdir, ".lock")
+        self._fd: int | None = None
+
+    def __enter__(self) -> WorkdirLock:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = open(self.path).read().strip() or "another process"
+            raise SemsadError(
+                f"workdir {os.path.dirname(self.path)} is in use by {holder}; wait for it to finish "
+                f"or use another --workdir."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {os.uname().nodename}".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

@@ -1,0 +1,91 @@
+"""Inference-mode features of a whole image set, in padded, sharded batches on the device.
+
+Used for the encoder's feature bank (L2-normalised h of every training image), the kNN monitor and
+evaluation. The last batch is padded and the padding dropped, so every image is embedded exactly once
+and (with running-statistics BatchNorm) no result depends on the batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from semsad_jax import parallel
+from semsad_jax.augment import to_float
+
+
+def padded_batches(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """[(start, stop)] covering range(n) in steps of ``batch_size`` (the last may be short)."""
+    return [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+
+
+def round_batch(batch_size: int, mesh: Mesh) -> int:
+    """``batch_size`` rounded up to a multiple of the number of devices."""
+    n = mesh.devices.size
+    return max(n, -(-batch_size // n) * n)
+
+
+def map_batched(
+    fn: Callable[[jax.Array], jax.Array],
+    arrays: tuple[np.ndarray, ...],
+    *,
+    mesh: Mesh,
+    batch_size: int,
+) -> np.ndarray:
+    """Applies a jitted ``fn(*batch) -> [B, ...]`` over the leading axis of ``arrays``.
+
+    Each batch is padded (by repeating its last row) to the fixed ``batch_size`` so ``fn`` compiles
+    once, sharded over ``'data'``; padding rows are dropped from the output. Returns numpy [N, ...].
+    """
+    n = len(arrays[0])
+    batch_size = round_batch(min(batch_size, max(n, 1)), mesh)
+    outputs = []
+    for start, stop in padded_batches(n, batch_size):
+        batch = []
+        for a in arrays:
+            chunk = a[start:stop]
+            if stop - start < batch_size:
+                pad = np.repeat(chunk[-1:], batch_size - (stop - start), axis=0)
+                chunk = np.concatenate([chunk, pad])
+            batch.append(chunk)
+        out = fn(*parallel.shard_batch(tuple(batch), mesh))
+        outputs.append(parallel.to_host(out)[: stop - start])
+    return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
+
+
+@partial(jax.jit, static_argnames=("graphdef", "normalize", "dtype"))
+def _embed(graphdef, params, batch_stats, images, normalize: bool, dtype):
+    model = nnx.merge(graphdef, params, batch_stats)
+    model.eval()
+    z = model(to_float(images, dtype)).astype(jnp.float32)
+    if normalize:
+        z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+    return z
+
+
+def compute_features(
+    graphdef: nnx.GraphDef,
+    params: dict,
+    batch_stats: dict,
+    images: np.ndarray,
+    *,
+    mesh: Mesh,
+    batch_size: int = 1024,
+    normalize: bool = True,
+    dtype: jnp.dtype = jnp.float32,
+) -> np.ndarray:
+    """Embeds un-augmented images with the model in inference mode.
+
+    Args:
+      images: uint8 [N, H, W, 3].
+    Returns:
+      float32 [N, D], L2-normalised rows when ``normalize``.
+    """
+    fn = lambda x: _embed(graphdef, params, batch_stats, x, normalize, dtype)
+    return map_batched(fn, (images,), mesh=mesh, batch_size=batch_size).astype(np.float32)

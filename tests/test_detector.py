@@ -1,0 +1,94 @@
+"""semsad_jax.Detector: restore from a workdir alone, score / is_ood / nearest equal the eval outputs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import trained_smoke
+
+from semsad_jax import data, pipeline
+from semsad_jax.detector import ConfigView, Detector, read_config
+from semsad_jax.errors import SemsadError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def restored():
+    """(detector restored with the training data unreachable, workdir, in-dist images, scores.npz)."""
+    workdir = trained_smoke.evaluated()
+    config = trained_smoke.config()
+    test_images = pipeline.load_set(config, config.data.test).images
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("Detector.restore must not load any data set")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(data, "load_images", no_data)
+        mp.setattr(pipeline, "load_images", no_data)
+        det = Detector.restore(workdir)
+    with np.load(os.path.join(workdir, "eval", "scores.npz")) as npz:
+        scores = {k: npz[k] for k in npz.files}
+    return det, workdir, test_images, scores
+
+
+def test_restore_reads_config_json(restored):
+    det, workdir, _, _ = restored
+    assert isinstance(det.config, ConfigView)
+    assert det.config.encoder.width == 4 and det.config.eval.get("missing", 7) == 7
+    assert det.config.to_dict() == json.load(open(os.path.join(workdir, "config.json")))
+    assert det.image_size == 8 and det.bn_mode == "running_stats"
+    results = json.load(open(os.path.join(workdir, "eval", "results.json")))
+    assert det.threshold == results["threshold_95"]["semsad"]
+
+
+def test_score_nearest_is_ood_equal_eval(restored):
+    det, _, images, scores = restored
+    got = det.score(images)
+    assert got.dtype == np.float32 and got.shape == (32,)
+    np.testing.assert_allclose(got, scores["semsad/in_distribution"], rtol=1e-5, atol=1e-6)
+    nn = det.nearest(images, k=2)
+    assert nn.indices.shape == nn.similarities.shape == (32, 2)
+    np.testing.assert_array_equal(nn.indices[:, 0], scores["nn/in_distribution"])
+    assert np.all(nn.similarities[:, 0] >= nn.similarities[:, 1])
+    np.testing.assert_array_equal(det.is_ood(images), got < det.threshold)
+    # One image at a time gives the same scores (running statistics: no batch dependence).
+    single = np.concatenate([det.score(images[i : i + 1]) for i in range(3)])
+    np.testing.assert_allclose(single, got[:3], rtol=1e-5, atol=1e-6)
+
+
+def test_wrong_image_size_is_a_clear_error(restored):
+    det, _, images, _ = restored
+    big = data.images_from_array(images, 16)
+    with pytest.raises(SemsadError, match=r"uint8 \[N, 8, 8, 3\].*resize=True") as err:
+        det.score(big)
+    assert "\n" not in str(err.value)
+    with pytest.raises(SemsadError, match="uint8"):
+        det.score(images.astype(np.float32))
+    with pytest.raises(SemsadError, match="no images"):
+        det.score(images[:0])
+    expected = det.score(data.images_from_array(big, 8))
+    np.testing.assert_allclose(det.score(big, resize=True), expected, rtol=1e-6)
+
+
+def test_is_ood_needs_eval_and_restore_needs_a_workdir(tmp_path):
+    det = Detector.restore(trained_smoke.trained())
+    assert det.threshold is None
+    with pytest.raises(SemsadError, match="run --mode=eval first"):
+        det.is_ood(det.bank.images[:2])
+    with pytest.raises(SemsadError, match="config.json is missing"):
+        Detector.restore(str(tmp_path))
+    assert read_config(trained_smoke.trained()).data.image_size == 8
+
+
+def test_import_is_lazy():
+    code = (
+        "import sys, semsad_jax; assert 'jax' not in sys.modules, 'import pulled in jax'; "
+        "from semsad_jax import Detector; assert Detector.__name__ == 'Detector'; "
+        "import semsad_jax.detector as d; assert semsad_jax.Detector is d.Detector"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

@@ -1,0 +1,225 @@
+"""--mode=eval / --mode=score on the real smoke pipeline, the baselines against numpy references."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+import trained_smoke
+from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
+
+from semsad_jax import pipeline
+from semsad_jax.baselines import fit_mahalanobis, knn_scores, mahalanobis_scores
+from semsad_jax.detector import Detector
+from semsad_jax.errors import SemsadError
+from semsad_jax.evaluate import DETECTORS, evaluate_detector, ood_specs, parse_ood
+from semsad_jax.metrics import ood_metrics, threshold_at_tpr
+from semsad_jax.models import make_discriminator
+from semsad_jax.trainer import split_model
+
+METRIC_KEYS = {"auroc", "aupr_in", "aupr_out", "fpr95", "detection_at_95", "num_ood"}
+
+
+@pytest.fixture(scope="module")
+def evaluated():
+    workdir = trained_smoke.evaluated()
+    with open(os.path.join(workdir, "eval", "results.json")) as f:
+        results = json.load(f)
+    with np.load(os.path.join(workdir, "eval", "scores.npz")) as npz:
+        scores = {k: npz[k] for k in npz.files}
+    return workdir, results, scores
+
+
+def test_results_json_shape_and_ranges(evaluated):
+    workdir, results, scores = evaluated
+    config = trained_smoke.config()
+    required = {"in_distribution", "num_in", "bn_mode", "detectors", "threshold_95"}
+    assert required | {"config", "versions"} <= set(results)
+    assert results["in_distribution"] == config.data.test
+    assert results["num_in"] == 32 == len(scores["semsad/in_distribution"])
+    assert results["bn_mode"] == "running_stats"
+    assert results["positive_class"].startswith("in-distribution")
+    assert set(results["detectors"]) == set(DETECTORS) == set(results["threshold_95"])
+    for detector in DETECTORS:
+        assert set(results["detectors"][detector]) == {"digits_7_9"}
+        m = results["detectors"][detector]["digits_7_9"]
+        assert set(m) == METRIC_KEYS
+        assert m["num_ood"] == 24
+        for key in METRIC_KEYS - {"num_ood"}:
+            assert 0.0 <= m[key] <= 1.0, (detector, key, m[key])
+        assert m["fpr95"] + m["detection_at_95"] == pytest.approx(1.0)
+    assert results["config"]["discriminator"]["norm"] == "batch"
+    assert {"jax", "flax", "numpy", "python"} <= set(results["versions"])
+    text = open(os.path.join(workdir, "eval", "results.txt")).read()
+    assert "bn_mode: running_stats" in text and "in-distribution is the positive class" in text
+    assert all(f"{d}  " in text for d in DETECTORS)
+
+
+def test_metrics_equal_ood_metrics_of_saved_scores(evaluated):
+    _, results, scores = evaluated
+    assert scores["nn/in_distribution"].dtype == np.int32
+    for detector in DETECTORS:
+        s_in = scores[f"{detector}/in_distribution"]
+        assert results["threshold_95"][detector] == pytest.approx(threshold_at_tpr(s_in, 0.95))
+        expected = ood_metrics(s_in, scores[f"{detector}/digits_7_9"], 0.95)
+        got = results["detectors"][detector]["digits_7_9"]
+        for key in METRIC_KEYS - {"num_ood"}:
+            assert got[key] == pytest.approx(expected[key]), (detector, key)
+
+
+def test_plots_are_pngs(evaluated):
+    workdir, _, _ = evaluated
+    for name in ("hist_semsad.png", "roc.png"):
+        with open(os.path.join(workdir, "eval", name), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_batch_size_independent_and_extra_ood(evaluated, tmp_path):
+    workdir, _, scores = evaluated
+    copy = trained_smoke.copy_of(trained_smoke.trained(), tmp_path / "run")
+    extra = "five=sklearn:digits/test?classes=5&limit=12"
+    pipeline.run(trained_smoke.config(batch_size=8), copy, "eval", ood=[extra])
+    with np.load(os.path.join(copy, "eval", "scores.npz")) as other:
+        for key in ("semsad/in_distribution", "semsad/digits_7_9", "nn/digits_7_9"):
+            np.testing.assert_allclose(other[key], scores[key], rtol=1e-5, atol=1e-6)
+        assert other["semsad/five"].shape == (12,)
+    results = json.load(open(os.path.join(copy, "eval", "results.json")))
+    assert results["ood"]["five"] == "sklearn:digits/test?classes=5&limit=12"
+    assert results["detectors"]["semsad"]["five"]["num_ood"] == 12
+    assert not os.path.exists(os.path.join(copy, "eval", "hist_semsad.png"))  # smoke: plots off
+
+
+def test_transductive_mode_is_labelled_and_batch_dependent(tmp_path):
+    """An (untrained) batch_transductive discriminator: labels everywhere, authors' batching."""
+    import jax
+    from flax import nnx
+
+    config = trained_smoke.config(batch_size=8, plots=True, plot_pairs=16)
+    config.discriminator.norm = "batch_transductive"
+    base = Detector.from_workdir(trained_smoke.config(), trained_smoke.trained())
+    disc = split_model(make_discriminator(config.discriminator, rngs=nnx.Rngs(1)))
+    det = Detector(config, base.encoder, disc, base.bank, mesh=base.mesh)
+    out = str(tmp_path / "eval")
+    results = evaluate_detector(det, config.data.test, dict(config.eval.ood), out)
+    label = "transductive (authors' evaluation)"
+    assert results["bn_mode"] == label
+    assert f"bn_mode: {label}" in open(os.path.join(out, "results.txt")).read()
+    assert json.load(open(os.path.join(out, "results.json")))["bn_mode"] == label
+
+    # Reference: each consecutive group of eval.batch_size pairs is one batch with its own stats.
+    images = pipeline.load_set(config, config.eval.ood.digits_7_9).images  # 24 = 8 + 8 + 8
+    refs = det.bank.images[det.nearest(images).indices[:, 0]]
+    model = nnx.merge(*disc)
+    model.eval()
+    pairs = np.concatenate([refs, images], axis=-1).astype(np.float32) / 255.0
+    expected = np.concatenate([np.asarray(model(pairs[i : i + 8]))[:, 0] for i in (0, 8, 16)])
+    with np.load(os.path.join(out, "scores.npz")) as npz:
+        np.testing.assert_allclose(npz["semsad/digits_7_9"], expected, rtol=1e-4, atol=1e-5)
+    whole = np.asarray(model(pairs))[:, 0]  # one batch of 24: different statistics, other scores
+    assert np.abs(whole - expected).max() > 1e-3
+    assert jax.device_count() == 4
+
+
+def test_parse_ood():
+    assert parse_ood(["svhn=tfds:svhn_cropped/test", " a.b-c = sklearn:digits?classes=1,2 "]) == {
+        "svhn": "tfds:svhn_cropped/test",
+        "a.b-c": "sklearn:digits?classes=1,2",
+    }
+    for bad in ("svhn", "=tfds:x/test", "svhn=", "my set=tfds:x/test", "x=nope:abc"):
+        with pytest.raises(SemsadError):
+            parse_ood([bad])
+    with pytest.raises(SemsadError, match="reserved"):
+        parse_ood(["in_distribution=sklearn:digits"])
+    with pytest.raises(SemsadError, match="twice"):
+        parse_ood(["a=sklearn:digits", "a=sklearn:digits/test"])
+    merged = ood_specs(trained_smoke.config(), ["digits_7_9=sklearn:digits", "z=sklearn:digits"])
+    assert merged == {"digits_7_9": "sklearn:digits", "z": "sklearn:digits"}
+
+
+def test_knn_against_numpy():
+    rng = np.random.default_rng(0)
+    bank, queries = rng.normal(size=(40, 6)), rng.normal(size=(9, 6))
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+    sims = np.sort(unit(queries) @ unit(bank).T, axis=1)[:, ::-1]
+    for k in (1, 3):
+        np.testing.assert_allclose(knn_scores(queries, bank, k), sims[:, k - 1], atol=1e-5)
+
+
+def test_mahalanobis_against_scipy():
+    rng = np.random.default_rng(1)
+    bank = rng.normal(size=(30, 5)) * np.array([1, 2, 3, 1, 1]) + 4
+    queries = rng.normal(size=(7, 5)) + 4
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+    b, q = unit(bank), unit(queries)
+    inverse = np.linalg.pinv(np.cov(b.T, bias=True))
+    expected = [-scipy_mahalanobis(x, b.mean(0), inverse) for x in q]
+    np.testing.assert_allclose(mahalanobis_scores(fit_mahalanobis(bank), queries), expected, rtol=1e-4)
+    # Full shrinkage: covariance = tr(S)/D * I, so the distance is Euclidean / sqrt(tr(S)/D).
+    scale = np.trace(np.cov(b.T, bias=True)) / 5
+    euclid = np.linalg.norm(q - b.mean(0), axis=1) / np.sqrt(scale)
+    shrunk = fit_mahalanobis(bank, shrinkage=1.0)
+    np.testing.assert_allclose(mahalanobis_scores(shrunk, queries), -euclid, rtol=1e-4)
+    # Two well separated clusters: each query is measured against its own cluster.
+    two = np.concatenate([bank, -bank])
+    model = fit_mahalanobis(two, clusters=2)
+    assert model.means.shape == (2, 5)
+    np.testing.assert_allclose(mahalanobis_scores(model, -queries), expected, rtol=1e-4)
+    with pytest.raises(SemsadError):
+        fit_mahalanobis(bank, clusters=31)
+
+
+def test_eval_baselines_match_references(evaluated):
+    workdir, _, scores = evaluated
+    det = Detector.restore(workdir)
+    config = trained_smoke.config()
+    feats = det.features(pipeline.load_set(config, config.data.test).images)
+    unit_bank = det.bank.features / np.linalg.norm(det.bank.features, axis=1, keepdims=True)
+    np.testing.assert_allclose(
+        scores["knn/in_distribution"], np.max(feats @ unit_bank.T, axis=1), atol=1e-5
+    )
+    centred = unit_bank - unit_bank.mean(0)
+    inverse = np.linalg.pinv(centred.T @ centred / len(centred))
+    unit_feats = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    expected = [-scipy_mahalanobis(x, unit_bank.mean(0), inverse) for x in unit_feats]
+    np.testing.assert_allclose(scores["mahalanobis/in_distribution"], expected, rtol=1e-3)
+
+
+def test_score_csv(evaluated):
+    workdir, results, scores = evaluated
+    config = trained_smoke.config()
+    summary = pipeline.run(config, workdir, "score", images=config.data.test)["score"]
+    with open(summary["csv"]) as f:
+        rows = list(csv.DictReader(f))
+    assert summary["csv"] == os.path.join(workdir, "score", "scores.csv")
+    ids = pipeline.load_set(config, config.data.test).ids
+    assert [r["id"] for r in rows] == ids and {r["source"] for r in rows} == {config.data.test}
+    got = np.array([float(r["score"]) for r in rows])
+    np.testing.assert_allclose(got, scores["semsad/in_distribution"], rtol=1e-4, atol=1e-5)
+    nearest = [int(r["nearest_index"]) for r in rows]
+    assert nearest == scores["nn/in_distribution"].tolist()
+    threshold = results["threshold_95"]["semsad"]
+    flags = scores["semsad/in_distribution"] < threshold
+    assert [r["is_ood"] for r in rows] == [str(int(f)) for f in flags]
+    assert summary["num_ood"] == flags.sum() <= 0.05 * len(flags) + 1e-9
+
+
+def _one_line(err: pytest.ExceptionInfo) -> str:
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+def test_wrong_order(tmp_path):
+    config = trained_smoke.config()
+    with pytest.raises(SemsadError) as err:
+        pipeline.run(config, str(tmp_path / "empty"), "eval")
+    assert "run --mode=encoder" in _one_line(err)
+    encoder_only = trained_smoke.copy_of(trained_smoke.trained(), tmp_path / "encoder_only")
+    os.remove(os.path.join(encoder_only, "discriminator", "stage.json"))
+    with pytest.raises(SemsadError) as err:
+        pipeline.run(config, encoder_only, "eval")
+    assert "no trained discriminator" in _one_line(err)
+    with pytest.raises(SemsadError) as err:
+        pipeline.run(config, trained_smoke.trained(), "score", images=config.data.test)
+    assert "run --mode=eval first" in _one_line(err)

@@ -1,0 +1,127 @@
+"""Pair sampler: counts, partners, no self-negatives, determinism, both variants (no model needed)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from semsad_jax.augment import AugmentSpec, get_spec
+from semsad_jax.errors import SemsadError
+from semsad_jax.pairs import PairSettings, pair_settings, sample_pairs
+
+N, K, B, SIZE = 24, 3, 16, 8
+sample = jax.jit(sample_pairs, static_argnames=("cfg", "dtype"))
+# Cheap to compile: a crop and a flip (the real presets are exercised by the training tests).
+CROP = AugmentSpec(crop_scale=(0.4, 1.0), jitter_p=0.0, gray_p=0.0)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (N, SIZE, SIZE, 3), dtype=np.uint8)
+    # neighbours: K distinct indices other than the row itself
+    neighbours = np.stack(
+        [rng.choice(np.delete(np.arange(N), i), K, replace=False) for i in range(N)]
+    )
+    batch_idx = rng.permutation(N)[:B].astype(np.int32)
+    return jnp.asarray(images), jnp.asarray(neighbours, jnp.int32), jnp.asarray(batch_idx)
+
+
+def _float(images_u8):
+    return np.asarray(images_u8, np.float32) / 255.0
+
+
+@pytest.mark.parametrize("variant", ["paper", "authors"])
+def test_counts_partners_shapes_and_determinism(data, variant):
+    images, neighbours, batch_idx = data
+    cfg = PairSettings(variant, mu=0.2, pos_augment=CROP, neg_augment=CROP)  # 3 neighbour pairs
+    out = sample(jax.random.key(1), images, neighbours, batch_idx, cfg, jnp.float32)
+    for name in ("ref_pos", "partner_pos", "ref_neg", "partner_neg"):
+        assert out[name].shape == (B, SIZE, SIZE, 3) and out[name].dtype == jnp.float32
+        assert 0.0 <= float(out[name].min()) and float(out[name].max()) <= 1.0
+    assert out["is_neighbour_pair"].dtype == jnp.bool_
+    assert out["neg_partner_idx"].dtype == jnp.int32
+    is_nb = np.asarray(out["is_neighbour_pair"])
+    assert is_nb.sum() == 3
+    bi, nb, pos_partner = map(np.asarray, (batch_idx, neighbours, out["pos_partner_idx"]))
+    for i in range(B):
+        if is_nb[i]:
+            assert pos_partner[i] in nb[bi[i]]
+        else:
+            assert pos_partner[i] == bi[i]
+    neg = np.asarray(out["neg_partner_idx"])
+    assert np.all(neg != bi) and set(neg) <= set(bi)
+    again = sample(jax.random.key(1), images, neighbours, batch_idx, cfg, jnp.float32)
+    other = sample(jax.random.key(2), images, neighbours, batch_idx, cfg, jnp.float32)
+    for name in out:
+        np.testing.assert_array_equal(np.asarray(out[name]), np.asarray(again[name]))
+    assert not np.array_equal(np.asarray(out["partner_neg"]), np.asarray(other["partner_neg"]))
+    x = _float(images)[bi]
+    if variant == "authors":  # neighbour pairs un-augmented; negatives reuse the reference tensor
+        np.testing.assert_array_equal(np.asarray(out["ref_neg"]), np.asarray(out["ref_pos"]))
+        np.testing.assert_allclose(np.asarray(out["ref_pos"])[is_nb], x[is_nb], atol=1e-6)
+        partners = _float(images)[pos_partner[is_nb]]
+        np.testing.assert_allclose(np.asarray(out["partner_pos"])[is_nb], partners, atol=1e-6)
+        assert not np.allclose(np.asarray(out["ref_pos"])[~is_nb], x[~is_nb], atol=1e-3)
+    else:  # every view augmented; the negatives' reference is an independent view
+        assert not np.allclose(np.asarray(out["ref_neg"]), np.asarray(out["ref_pos"]), atol=1e-3)
+        assert not np.allclose(np.asarray(out["ref_pos"])[is_nb], x[is_nb], atol=1e-3)
+
+
+def test_identity_views_hold_the_chosen_images(data):
+    """With t_org everywhere each tensor must be exactly the image its index names."""
+    images, neighbours, batch_idx = data
+    cfg = PairSettings(mu=0.5, pos_augment="t_org", neg_augment="t_org")
+    out = sample(jax.random.key(3), images, neighbours, batch_idx, cfg, jnp.bfloat16)
+    assert out["ref_pos"].dtype == jnp.bfloat16
+    as32 = {k: np.asarray(v, np.float32) for k, v in out.items()}
+    f = _float(images)
+    bi = np.asarray(batch_idx)
+    tol = dict(atol=1 / 128)  # bfloat16 rounding
+    np.testing.assert_allclose(as32["ref_pos"], f[bi], **tol)
+    np.testing.assert_allclose(as32["ref_neg"], f[bi], **tol)
+    np.testing.assert_allclose(as32["partner_pos"], f[np.asarray(out["pos_partner_idx"])], **tol)
+    np.testing.assert_allclose(as32["partner_neg"], f[np.asarray(out["neg_partner_idx"])], **tol)
+    assert as32["is_neighbour_pair"].sum() == 8
+
+
+def test_random_choices_cover_their_ranges(data):
+    """Over many keys: every neighbour member and every batch position and shift gets used."""
+    images, neighbours, batch_idx = data
+    cfg = PairSettings(mu=0.125, pos_augment="t_org", neg_augment="t_org")
+    bi, nb = np.asarray(batch_idx), np.asarray(neighbours)
+    members, positions, shifts = set(), set(), set()
+    for seed in range(40):
+        out = sample(jax.random.key(seed), images, neighbours, batch_idx, cfg, jnp.float32)
+        is_nb = np.asarray(out["is_neighbour_pair"])
+        assert is_nb.sum() == 2
+        for i in np.flatnonzero(is_nb):
+            members.add(int(np.flatnonzero(nb[bi[i]] == int(out["pos_partner_idx"][i]))[0]))
+            positions.add(int(i))
+        row_of = {int(v): r for r, v in enumerate(bi)}
+        neg = np.asarray(out["neg_partner_idx"])
+        shifts.update((row_of[int(neg[i])] - i) % B for i in range(B))
+    assert members == set(range(K))
+    assert len(positions) >= B - 2
+    assert shifts == set(range(1, B))
+
+
+def test_mu_extremes_and_settings(data):
+    images, neighbours, batch_idx = data
+    for mu, expected in ((0.0, 0), (1.0, B)):
+        cfg = PairSettings(mu=mu, pos_augment="t_org", neg_augment="t_org")
+        out = sample(jax.random.key(0), images, neighbours, batch_idx, cfg, jnp.float32)
+        assert int(np.asarray(out["is_neighbour_pair"]).sum()) == expected
+
+    class Section(dict):
+        get = dict.get
+
+    paper = pair_settings(Section(pairs="paper", mu=0.25, pos_augment="t_pos", neg_augment="t_neg"))
+    authors = pair_settings(Section(pairs="authors", neg_augment="t_neg"))
+    assert paper == PairSettings("paper", 0.25, "t_pos", "t_neg")
+    assert authors.neg_augment == "t_neg_authors" and get_spec(authors.neg_augment).blur_p == 0.5
+    assert get_spec(paper.neg_augment).blur_p == 0.2
+    with pytest.raises(SemsadError, match="discriminator.pairs"):
+        pair_settings(Section(pairs="mine"))
+    with pytest.raises(SemsadError, match="augmentation preset"):
+        PairSettings(pos_augment="nope")

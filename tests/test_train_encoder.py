@@ -1,0 +1,148 @@
+"""Encoder stage: sharded steps match one device, resume equals an uninterrupted run, CLI works."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import smoke
+from semsad_jax import parallel, pipeline, train_encoder
+from semsad_jax.errors import SemsadError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(**encoder):
+    c = smoke.get_config()
+    for k, v in encoder.items():
+        c.encoder[k] = v
+    return c
+
+
+@pytest.fixture(scope="module")
+def train_set():
+    return pipeline.load_train_set(smoke.get_config())
+
+
+def _two_steps(config, train, mesh):
+    spe = len(train) // config.encoder.batch_size
+    graphdef, tx, state = train_encoder.init_state(config, spe, mesh)
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    step_fn = train_encoder.make_train_step(graphdef, tx, config, len(train), mesh, shardings)
+    images = parallel.replicate(train.images, mesh)
+    losses = []
+    for step in range(2):
+        state, metrics = step_fn(state, images, np.int32(step))
+        losses.append(float(metrics["loss"]))
+    return parallel.to_host(state["params"]), losses
+
+
+def test_four_devices_match_one_device(train_set):
+    assert jax.device_count() == 4
+    config = _config()
+    p4, l4 = _two_steps(config, train_set, parallel.make_mesh())
+    p1, l1 = _two_steps(config, train_set, parallel.make_mesh(jax.devices()[:1]))
+    np.testing.assert_allclose(l4, l1, rtol=1e-4)
+    for a, b in zip(jax.tree.leaves(p4), jax.tree.leaves(p1)):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+    # the two steps changed the parameters
+    p0 = train_encoder.split_model(train_encoder.build_encoder(config))[1]
+    moved = [np.abs(a - np.asarray(b)).max() for a, b in zip(jax.tree.leaves(p4), jax.tree.leaves(p0))]
+    assert max(moved) > 0
+
+
+def test_batch_not_divisible_by_devices(train_set, tmp_path):
+    with pytest.raises(SemsadError, match="not divisible by the 4 devices"):
+        train_encoder.train_encoder(_config(batch_size=18), str(tmp_path), train_set)
+
+
+def test_train_writes_checkpoints_metrics_and_knn(train_set, tmp_path):
+    config = _config()
+    test = pipeline.load_test_set(config)
+    summary = pipeline.run(config, str(tmp_path), "encoder")["encoder"]
+    stage = tmp_path / "encoder"
+    assert summary["finished"] and summary["total_steps"] == 4
+    assert 0.0 <= summary["knn_accuracy"] <= 1.0 and 0.0 <= summary["pixel_knn_accuracy"] <= 1.0
+    assert json.loads((tmp_path / "config.json").read_text())["encoder"]["width"] == 4
+    steps = sorted(int(p.name) for p in stage.iterdir() if p.name.isdigit())
+    assert steps == [2, 4]
+    lines = [json.loads(x) for x in (stage / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3, 4]
+    assert all(np.isfinite(r["loss"]) and r["images_per_s"] > 0 for r in lines)
+    # restorable, and the restored encoder gives the recorded kNN accuracy again
+    graphdef, params, stats = train_encoder.load_encoder(str(tmp_path), config)
+    state = {"params": params, "batch_stats": stats}
+    again = train_encoder.knn_report(graphdef, state, train_set, test, config, parallel.make_mesh())
+    assert again["knn_accuracy"] == pytest.approx(summary["knn_accuracy"])
+    # a second run reuses the finished stage instead of retraining
+    mtime = (stage / "4").stat().st_mtime
+    pipeline.run(config, str(tmp_path), "encoder")
+    assert (stage / "4").stat().st_mtime == mtime
+    # another architecture in the same workdir is refused, nothing overwritten
+    with pytest.raises(SemsadError, match="encoder.width"):
+        pipeline.run(_config(width=8), str(tmp_path), "encoder")
+    assert (stage / "4").exists()
+
+
+def test_sigterm_saves_and_resume_equals_uninterrupted(train_set, tmp_path, monkeypatch):
+    config = _config(epochs=2, checkpoint_every_steps=3)  # 8 steps, checkpoints at 3, 6, 8
+    full = train_encoder.train_encoder(config, str(tmp_path / "a"), train_set)
+    assert full["total_steps"] == 8
+    expected = train_encoder.load_encoder(str(tmp_path / "a"), config)[1]
+
+    real = train_encoder.make_train_step
+
+    def interrupted_after_step_4(*args, **kwargs):
+        step_fn = real(*args, **kwargs)
+
+        def wrapped(state, images, step):
+            out = step_fn(state, images, step)
+            if int(step) == 4:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return out
+
+        return wrapped
+
+    monkeypatch.setattr(train_encoder, "make_train_step", interrupted_after_step_4)
+    from semsad_jax.trainer import Interrupted
+
+    with pytest.raises(Interrupted, match="step 5"):
+        train_encoder.train_encoder(config, str(tmp_path / "b"), train_set)
+    assert (tmp_path / "b" / "encoder" / "5").is_dir()
+    monkeypatch.setattr(train_encoder, "make_train_step", real)
+    train_encoder.train_encoder(config, str(tmp_path / "b"), train_set)
+    resumed = train_encoder.load_encoder(str(tmp_path / "b"), config)[1]
+    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _main(*args, cwd=ROOT):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, os.path.join(ROOT, "main.py"), *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_cli_encoder_and_clear_errors(tmp_path):
+    out = _main(
+        "--config=configs/smoke.py", f"--workdir={tmp_path}", "--mode=encoder",
+        "--config.encoder.epochs=1",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "encoder" / "stage.json").exists()
+
+    bad_path = _main(
+        "--config=configs/smoke.py", f"--workdir={tmp_path / 'x'}", "--mode=encoder",
+        "--config.data.train=folder:/no/such/dir",
+    )  # fmt: skip
+    assert bad_path.returncode == 2
+    last = bad_path.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and "/no/such/dir" in last
+    assert "Traceback" not in bad_path.stderr
+
+    no_encoder = _main("--config=configs/smoke.py", f"--workdir={tmp_path / 'y'}", "--mode=eval")
+    assert no_encoder.returncode == 2 and "Traceback" not in no_encoder.stderr

@@ -1,0 +1,57 @@
+"""One trained (and one evaluated) smoke workdir per test process, shared by the eval-side tests.
+
+``trained()`` runs ``pipeline.run(smoke, wd, "encoder")`` then ``"discriminator"`` once;
+``evaluated()`` copies it and runs ``"eval"`` once (with plots). Tests that write to a workdir take a
+``copy_of(...)`` so the shared ones never change. Everything is removed when the process exits.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+
+from configs import smoke
+
+_ROOT = tempfile.mkdtemp(prefix="semsad-smoke-")
+atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
+_DONE: dict[str, str] = {}
+
+
+def config(**eval_fields):
+    """The smoke config with ``eval`` fields overridden."""
+    c = smoke.get_config()
+    for key, value in eval_fields.items():
+        c.eval[key] = value
+    return c
+
+
+def trained() -> str:
+    """A smoke workdir with a finished encoder, feature bank and discriminator (do not modify)."""
+    if "trained" not in _DONE:
+        from semsad_jax import pipeline
+
+        workdir = os.path.join(_ROOT, "trained")
+        pipeline.run(config(), workdir, "encoder")
+        pipeline.run(config(), workdir, "discriminator")
+        _DONE["trained"] = workdir
+    return _DONE["trained"]
+
+
+def evaluated() -> str:
+    """A copy of :func:`trained` after ``--mode=eval`` with plots (do not modify)."""
+    if "evaluated" not in _DONE:
+        from semsad_jax import pipeline
+
+        workdir = copy_of(trained(), os.path.join(_ROOT, "evaluated"))
+        pipeline.run(config(plots=True), workdir, "eval")
+        _DONE["evaluated"] = workdir
+    return _DONE["evaluated"]
+
+
+def copy_of(workdir: str, destination) -> str:
+    """A private copy of ``workdir`` at ``destination`` (without its lock file)."""
+    destination = str(destination)
+    shutil.copytree(workdir, destination, ignore=shutil.ignore_patterns(".lock"))
+    return destination

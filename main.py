@@ -25,9 +25,32 @@ flags.DEFINE_string("images", None, "Images to score with --mode=score (a source
 flags.DEFINE_list("workdirs", [], "Workdirs to aggregate with --mode=report.")
 
 
+def _fail(message: str) -> None:
+    """Prints one ``error:`` line on stderr and exits with status 2 (a user-fixable problem)."""
+    print("error: " + " ".join(str(message).split()), file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing where a bad flag, override value or config file is one error line."""
+    try:
+        rest = FLAGS(argv)
+        FLAGS.config.get("seed")  # a config file that failed to load raises here
+    except flags.Error as err:
+        _fail(f"{str(err).rstrip('.')}; see --helpfull.")
+    except (AttributeError, KeyError) as err:  # an override naming a field the config lacks
+        field = str(err).strip("\"'")
+        _fail(f"the config has no field {field!r}; check the --config.FIELD overrides.")
+    except OSError as err:  # ml_collections could not load the config file
+        text = " ".join(str(err).split()).split("Attempted [Relative path]:")[-1].strip()
+        _fail(f"cannot load --config ({text}); check the config file path.")
+    if len(rest) > 1:
+        _fail(f"unexpected arguments: {' '.join(rest[1:])}; flags look like --mode=encoder.")
+    return rest
+
+
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # checked by parse_flags
     from semsad_jax import pipeline
     from semsad_jax.errors import SemsadError
     from semsad_jax.trainer import Interrupted
@@ -48,8 +71,15 @@ def main(argv):
     except Interrupted as err:
         print(f"interrupted: {err}", file=sys.stderr)
         sys.exit(130)
+    except KeyboardInterrupt:
+        print(
+            "interrupted: stopped by Ctrl-C before a checkpoint could be saved; rerun the same "
+            "command to resume from the last checkpoint.",
+            file=sys.stderr,
+        )
+        sys.exit(130)
 
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -49,7 +49,12 @@ def _config(args):
     c.data.image_size = args.image_size
     e = c.encoder
     e.depth, e.width, e.batch_size, e.head, e.temperature = (
-        args.depth, args.width, args.batch, "linear", 0.5)
+        args.depth,
+        args.width,
+        args.batch,
+        "linear",
+        0.5,
+    )
     return c
 
 
@@ -70,7 +75,8 @@ def stage_functions(args, mesh, num_images: int) -> tuple[dict, dict]:
     graphdef, tx, state = train_encoder.init_state(config, num_images // batch, mesh)
     rng = np.random.default_rng(0)
     images = parallel.replicate(
-        rng.integers(0, 256, (num_images, args.image_size, args.image_size, 3), np.uint8), mesh)
+        rng.integers(0, 256, (num_images, args.image_size, args.image_size, 3), np.uint8), mesh
+    )
     key = jax.random.key(0)
 
     @jax.jit
@@ -149,8 +155,9 @@ def run(args) -> dict:
     holder = {"state": ctx["state"], "step": 0}
 
     def full():
-        holder["state"], metrics = ctx["step_fn"](holder["state"], ctx["images"],
-                                                  np.int32(holder["step"]))
+        holder["state"], metrics = ctx["step_fn"](
+            holder["state"], ctx["images"], np.int32(holder["step"])
+        )
         holder["step"] += 1
         return metrics["loss"]
 
@@ -166,10 +173,20 @@ def run(args) -> dict:
     for r in rows:
         r["share_of_step"] = round(r["median_ms"] / full_ms, 3) if full_ms else None
     result = {"machine": machine_info(), "sizes": vars(args), "rows": rows}
-    print(f"# Encoder step stages: batch {args.batch}, width {args.width}, {args.image_size}px, "
-          f"{args.dtype}, load {result['machine']['load_avg_1m']}\n")
-    print(markdown_table(rows, [("stage", "stage"), ("median_ms", "median ms"),
-                                ("share_of_step", "share of full step")]))
+    print(
+        f"# Encoder step stages: batch {args.batch}, width {args.width}, {args.image_size}px, "
+        f"{args.dtype}, load {result['machine']['load_avg_1m']}\n"
+    )
+    print(
+        markdown_table(
+            rows,
+            [
+                ("stage", "stage"),
+                ("median_ms", "median ms"),
+                ("share_of_step", "share of full step"),
+            ],
+        )
+    )
     write_json(args.out, result)
     return result
 

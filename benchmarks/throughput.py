@@ -9,7 +9,8 @@ each round blocked with ``jax.block_until_ready``), for each ``--dtypes`` entry:
 - ``encoder_train``: the real encoder step (:func:`train_encoder.make_train_step`): batch gather
   from the on-device set, two augmented views, forward/backward, Adam. Items = augmented views.
 - ``encoder_step_no_aug``: the same step with the identity augmentation (the ``t_org`` preset).
-- ``discriminator_train``: one discriminator step (:mod:`benchmarks.disc_step`). Items = pairs.
+- ``discriminator_train``: the real discriminator step (:mod:`benchmarks.disc_step`). Items =
+  pairs (B positive + B negative).
 - ``augment``: ``augment_batch`` with the encoder preset alone. Items = images.
 - ``feature_bank``: ``features.compute_features`` (inference, host to device included).
 - ``knn_top4``: ``neighbors.top_k_cosine`` (k=4, exclude_self) of a random unit bank against
@@ -17,7 +18,8 @@ each round blocked with ``jax.block_until_ready``), for each ``--dtypes`` entry:
   rows, with the fraction of identical index rows).
 - ``--torch``: the authors' encoder step in PyTorch (:mod:`benchmarks.torch_peer`).
 
-Ratios ours / peer (>1: ours faster) are printed after the table and stored in the JSON.
+Ratios ours / peer (>1: ours faster) are printed after the table and stored in the JSON (written
+after each dtype too, so a run cut short keeps its rows). The JAX rows live in :mod:`jax_rows`.
 Synthetic uniform-random uint8 images are used (throughput does not depend on content).
 """
 
@@ -34,22 +36,75 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from benchmarks.timing import machine_info, markdown_table, row, time_call, write_json
+from benchmarks.jax_rows import (
+    bench_augment,
+    bench_bank,
+    bench_discriminator,
+    bench_encoder,
+    bench_knn,
+    random_bank,
+    timing_kwargs,
+)
+from benchmarks.timing import machine_info, markdown_table, write_json
 
 PRESETS = {
-    "cpu": dict(batch=256, width=16, image_size=16, depth=18, disc_batch=64, disc_width=16,
-                disc_depth=18, aug_batch=1024, bank_images=2048, bank_size=10000,
-                warmup=1, repeats=3, calls=1),
-    "gpu": dict(batch=2048, width=64, image_size=32, depth=18, disc_batch=128, disc_width=64,
-                disc_depth=34, aug_batch=4096, bank_images=50000, bank_size=50000,
-                warmup=3, repeats=5, calls=5),
-    "tiny": dict(batch=16, width=4, image_size=8, depth=18, disc_batch=8, disc_width=4,
-                 disc_depth=18, aug_batch=16, bank_images=64, bank_size=256,
-                 warmup=1, repeats=1, calls=1),
+    "cpu": dict(
+        batch=256,
+        width=16,
+        image_size=16,
+        depth=18,
+        disc_batch=64,
+        disc_width=16,
+        disc_depth=18,
+        aug_batch=1024,
+        bank_images=2048,
+        bank_size=10000,
+        warmup=1,
+        repeats=3,
+        calls=1,
+    ),
+    "gpu": dict(
+        batch=2048,
+        width=64,
+        image_size=32,
+        depth=18,
+        disc_batch=128,
+        disc_width=64,
+        disc_depth=34,
+        aug_batch=4096,
+        bank_images=50000,
+        bank_size=50000,
+        warmup=3,
+        repeats=5,
+        calls=5,
+    ),
+    "tiny": dict(
+        batch=16,
+        width=4,
+        image_size=8,
+        depth=18,
+        disc_batch=8,
+        disc_width=4,
+        disc_depth=18,
+        aug_batch=16,
+        bank_images=64,
+        bank_size=256,
+        warmup=1,
+        repeats=1,
+        calls=1,
+    ),
 }
 ALL_BENCHES = ("encoder", "encoder_noaug", "discriminator", "augment", "bank", "knn")
-COLUMNS = [("bench", "bench"), ("framework", "framework"), ("dtype", "dtype"), ("unit", "unit"),
-           ("items_per_call", "per call"), ("median_ms", "median ms"), ("items_per_s", "items/s")]
+COLUMNS = [
+    ("bench", "bench"),
+    ("framework", "framework"),
+    ("dtype", "dtype"),
+    ("unit", "unit"),
+    ("items_per_call", "per call"),
+    ("median_ms", "median ms"),
+    ("items_per_s", "items/s"),
+    ("items_per_cpu_s", "items/CPU-s"),
+]
 # (ratio name, our bench, peer framework, peer bench, compare same dtype)
 COMPARISONS = [
     ("step alone (no augmentation)", "encoder_step_no_aug", "torch", "encoder_step_no_aug"),
@@ -61,18 +116,38 @@ COMPARISONS = [
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", choices=("auto", *PRESETS), default="auto",
-                   help="sizes: auto = gpu when JAX sees a GPU/TPU, else cpu")
-    for name in ("batch", "width", "image_size", "depth", "disc_batch", "disc_width", "disc_depth",
-                 "aug_batch", "bank_images", "bank_size", "warmup", "repeats", "calls"):
+    p.add_argument(
+        "--preset",
+        choices=("auto", *PRESETS),
+        default="auto",
+        help="sizes: auto = gpu when JAX sees a GPU/TPU, else cpu",
+    )
+    for name in (
+        "batch",
+        "width",
+        "image_size",
+        "depth",
+        "disc_batch",
+        "disc_width",
+        "disc_depth",
+        "aug_batch",
+        "bank_images",
+        "bank_size",
+        "warmup",
+        "repeats",
+        "calls",
+    ):
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=int, default=None)
     p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--devices", type=int, default=0, help="use the first N devices (0 = all)")
     p.add_argument("--benches", default=",".join(ALL_BENCHES))
     p.add_argument("--head", default="linear", help="encoder head (authors: linear)")
+    p.add_argument("--disc-norm", default="batch", help="discriminator norm (batch: one pass)")
     p.add_argument("--torch", action="store_true", help="add the PyTorch peer rows")
     p.add_argument("--torch-dtypes", default="float32")
     p.add_argument("--torch-workers", type=int, default=None, help="DataLoader workers")
     p.add_argument("--torch-benches", default="dataloader,device_aug,step,augment")
+    p.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--no-sklearn", action="store_true")
     p.add_argument("--out", default=None, help="JSON output path ('-' = stdout)")
     p.add_argument("--markdown", default=None, help="also write the table to this .md file")
@@ -92,123 +167,12 @@ def resolve_sizes(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def encoder_config(args: argparse.Namespace, dtype: str, augment: str = "encoder"):
-    from configs import default
-
-    c = default.get_config()
-    c.dtype = dtype
-    c.data.image_size = args.image_size
-    e = c.encoder
-    e.depth, e.width, e.batch_size, e.head = args.depth, args.width, args.batch, args.head
-    e.temperature, e.augment = 0.5, augment
-    d = c.discriminator
-    d.depth, d.width, d.batch_size = args.disc_depth, args.disc_width, args.disc_batch
-    return c
-
-
-def bench_encoder(args, dtype: str, images: np.ndarray, mesh, augment: str) -> dict:
-    import jax
-
-    from semsad_jax import parallel, train_encoder
-
-    config = encoder_config(args, dtype, augment)
-    graphdef, tx, state = train_encoder.init_state(config, len(images) // args.batch, mesh)
-    shardings = jax.tree.map(lambda x: x.sharding, state)
-    step_fn = train_encoder.make_train_step(graphdef, tx, config, len(images), mesh, shardings)
-    on_device = parallel.replicate(images, mesh)
-    holder = {"state": state, "step": 0}
-
-    def call():
-        holder["state"], metrics = step_fn(holder["state"], on_device, np.int32(holder["step"]))
-        holder["step"] += 1
-        return metrics["loss"]
-
-    t = time_call(call, **_timing(args))
-    name = "encoder_train" if augment == "encoder" else "encoder_step_no_aug"
-    return row(name, dtype, 2 * args.batch, "views", t, width=args.width, batch=args.batch,
-               image_size=args.image_size, depth=args.depth)
-
-
-def bench_discriminator(args, dtype: str, images: np.ndarray, mesh) -> dict:
-    from benchmarks import disc_step
-
-    config = encoder_config(args, dtype)
-    call, pairs, source = disc_step.make_benchmark_call(config, images, mesh)
-    t = time_call(call, **_timing(args))
-    return row("discriminator_train", dtype, pairs, "pairs", t, width=args.disc_width,
-               batch=args.disc_batch, depth=args.disc_depth, step_source=source)
-
-
-def bench_augment(args, dtype: str, images: np.ndarray, mesh) -> dict:
-    import jax
-    import jax.numpy as jnp
-
-    from semsad_jax import parallel
-    from semsad_jax.augment import augment_batch
-
-    n = args.aug_batch
-    batch = parallel.shard_batch(images[np.arange(n) % len(images)], mesh)
-    root = jax.random.key(0)
-    counter = iter(range(1 << 30))
-    call = lambda: augment_batch(jax.random.fold_in(root, next(counter)), batch, "encoder",
-                                 dtype=jnp.dtype(dtype))
-    return row("augment", dtype, n, "images", time_call(call, **_timing(args)))
-
-
-def bench_bank(args, dtype: str, images: np.ndarray, mesh) -> dict:
-    import jax.numpy as jnp
-
-    from semsad_jax import train_encoder
-    from semsad_jax.features import compute_features
-    from semsad_jax.trainer import split_model
-
-    config = encoder_config(args, dtype)
-    graphdef, params, stats = split_model(train_encoder.build_encoder(config))
-    bank_images = images[np.arange(args.bank_images) % len(images)]
-    call = lambda: compute_features(graphdef, params, stats, bank_images, mesh=mesh,
-                                    batch_size=config.discriminator.feature_batch_size,
-                                    dtype=jnp.dtype(dtype))
-    return row("feature_bank", dtype, len(bank_images), "images", time_call(call, **_timing(args)))
-
-
-def random_bank(size: int, dim: int = 128, seed: int = 0) -> np.ndarray:
-    """float32 [size, dim] unit rows (random Gaussian directions)."""
-    bank = np.random.default_rng(seed).normal(size=(size, dim)).astype(np.float32)
-    return bank / np.linalg.norm(bank, axis=1, keepdims=True)
-
-
-def bench_knn(args, dtype: str, bank: np.ndarray, mesh, with_sklearn: bool) -> list[dict]:
-    import jax.numpy as jnp
-
-    from semsad_jax.neighbors import top_k_cosine
-
-    k = 4
-    data = bank if dtype == "float32" else np.asarray(jnp.asarray(bank, jnp.dtype(dtype)))
-    call = lambda: top_k_cosine(data, data, k, exclude_self=True, mesh=mesh)
-    rows = [row("knn_top4", dtype, len(bank), "queries", time_call(call, **_timing(args)))]
-    if with_sklearn and dtype == "float32":
-        from sklearn.neighbors import NearestNeighbors
-
-        search = NearestNeighbors(n_neighbors=k, algorithm="brute", metric="cosine")
-        sk_call = lambda: search.fit(bank).kneighbors(return_distance=True)  # X=None: no self
-        t = time_call(sk_call, sync=lambda _: None, warmup=min(args.warmup, 1),
-                      repeats=args.repeats, calls=1)
-        _, ours = top_k_cosine(bank, bank, k, exclude_self=True, mesh=mesh)
-        _, theirs = sk_call()
-        same_rows = float(np.mean(np.all(ours == theirs, axis=1)))
-        same_sets = float(np.mean(np.all(np.sort(ours, 1) == np.sort(theirs, 1), axis=1)))
-        rows[0].update(identical_rows_vs_sklearn=same_rows, identical_sets_vs_sklearn=same_sets)
-        rows.append(row("knn_top4", dtype, len(bank), "queries", t, framework="sklearn",
-                        identical_rows_vs_ours=same_rows))
-    return rows
-
-
-def _timing(args) -> dict:
-    return dict(warmup=args.warmup, repeats=args.repeats, calls=args.calls)
-
-
 def comparisons(rows: list[dict]) -> list[dict]:
-    """ours / peer items-per-second ratios for every (comparison, dtype) present in ``rows``."""
+    """ours / peer items-per-second ratios for every (comparison, dtype) present in ``rows``.
+
+    ``ratio`` compares wall-clock rates; ``ratio_cpu`` items per CPU-second of this process
+    (steadier on a loaded machine; left out where the peer also burns CPU in worker processes).
+    """
     index = {(r["framework"], r["bench"], r["dtype"]): r for r in rows}
     out = []
     for name, ours, peer_fw, peer in COMPARISONS:
@@ -216,9 +180,18 @@ def comparisons(rows: list[dict]) -> list[dict]:
             if fw != "jax" or bench != ours or (peer_fw, peer, dtype) not in index:
                 continue
             theirs = index[(peer_fw, peer, dtype)]
-            out.append({"comparison": name, "dtype": dtype, "ours_per_s": r["items_per_s"],
-                        "peer_per_s": theirs["items_per_s"],
-                        "ratio": round(r["items_per_s"] / theirs["items_per_s"], 3)})
+            out.append(
+                {
+                    "comparison": name,
+                    "dtype": dtype,
+                    "ours_per_s": r["items_per_s"],
+                    "peer_per_s": theirs["items_per_s"],
+                    "ratio": round(r["items_per_s"] / theirs["items_per_s"], 3),
+                    "ratio_cpu": None
+                    if "workers" in theirs or not theirs.get("items_per_cpu_s")
+                    else round(r["items_per_cpu_s"] / theirs["items_per_cpu_s"], 3),
+                }
+            )
     return out
 
 
@@ -228,7 +201,7 @@ def run(args: argparse.Namespace) -> dict:
     from semsad_jax import parallel
 
     args = resolve_sizes(args)
-    mesh = parallel.make_mesh()
+    mesh = parallel.make_mesh(jax.devices()[: args.devices] if args.devices else None)
     benches = [b for b in args.benches.split(",") if b]
     unknown = sorted(set(benches) - set(ALL_BENCHES))
     if unknown:
@@ -253,42 +226,73 @@ def run(args: argparse.Namespace) -> dict:
         if "knn" in benches:
             rows.extend(bench_knn(args, dtype, bank, mesh, not args.no_sklearn))
         _progress(rows)
+        write_json(args.out, _result(args, mesh, rows, t0))  # partial, in case of a time limit
     if args.torch:
         from benchmarks import torch_peer
 
         workers = torch_peer.default_workers() if args.torch_workers is None else args.torch_workers
-        rows.extend(torch_peer.bench_torch(
-            images, batch=args.batch, width=args.width,
-            dtypes=[d for d in args.torch_dtypes.split(",") if d], workers=workers,
-            timing=_timing(args), benches=tuple(args.torch_benches.split(","))))
-    result = {
+        rows.extend(
+            torch_peer.bench_torch(
+                images,
+                batch=args.batch,
+                width=args.width,
+                dtypes=[d for d in args.torch_dtypes.split(",") if d],
+                workers=workers,
+                timing=timing_kwargs(args),
+                benches=tuple(args.torch_benches.split(",")),
+                threads=args.torch_threads,
+            )
+        )
+    result = _result(args, mesh, rows, t0)
+    report(result, args)
+    return result
+
+
+def _result(args: argparse.Namespace, mesh, rows: list[dict], t0: float) -> dict:
+    return {
         "machine": machine_info(),
-        "num_devices": jax.device_count(),
+        "num_devices": mesh.devices.size,
         "sizes": {k: getattr(args, k) for k in PRESETS["cpu"]} | {"preset": args.preset},
         "rows": rows,
         "comparisons": comparisons(rows),
         "seconds": round(time.time() - t0, 1),
     }
-    report(result, args)
-    return result
 
 
 def _progress(rows: list[dict]) -> None:
     for r in rows[-6:]:
-        print(f"  {r['framework']:7s} {r['bench']:24s} {r['dtype']:9s} {r['items_per_s']:>12,.1f} "
-              f"{r['unit']}/s", file=sys.stderr)
+        print(
+            f"  {r['framework']:7s} {r['bench']:24s} {r['dtype']:9s} {r['items_per_s']:>12,.1f} "
+            f"{r['unit']}/s",
+            file=sys.stderr,
+        )
 
 
 def report(result: dict, args: argparse.Namespace) -> None:
     m = result["machine"]
-    text = [f"# Throughput on {m['backend']} ({', '.join(sorted(set(m['devices'])))}), "
-            f"{m['cpu_count']} CPUs, load {m['load_avg_1m']}, preset {args.preset}",
-            "", markdown_table(result["rows"], COLUMNS)]
+    text = [
+        f"# Throughput on {m['backend']} ({', '.join(sorted(set(m['devices'])))}), "
+        f"{m['cpu_count']} CPUs, load {m['load_avg_1m']}, preset {args.preset}",
+        "",
+        markdown_table(result["rows"], COLUMNS),
+    ]
     if result["comparisons"]:
-        text += ["", "ours / peer (items/s; > 1 = ours faster):", "",
-                 markdown_table(result["comparisons"], [("comparison", "comparison"),
-                                ("dtype", "dtype"), ("ours_per_s", "ours/s"),
-                                ("peer_per_s", "peer/s"), ("ratio", "ratio")])]
+        text += [
+            "",
+            "ours / peer (items/s; > 1 = ours faster):",
+            "",
+            markdown_table(
+                result["comparisons"],
+                [
+                    ("comparison", "comparison"),
+                    ("dtype", "dtype"),
+                    ("ours_per_s", "ours/s"),
+                    ("peer_per_s", "peer/s"),
+                    ("ratio", "ratio"),
+                    ("ratio_cpu", "ratio per CPU-s"),
+                ],
+            ),
+        ]
     table = "\n".join(text)
     print(table)
     write_json(args.out, result)

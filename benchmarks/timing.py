@@ -35,13 +35,18 @@ def _block(result: Any) -> None:
 
 @dataclasses.dataclass
 class Timing:
-    """Seconds per call: median, min, max over ``repeats`` rounds (each the mean of ``calls``)."""
+    """Seconds per call: median, min, max over ``repeats`` rounds (each the mean of ``calls``).
+
+    ``cpu_median_s``: median CPU seconds per call of this process (all its threads; not its child
+    processes), which other load on a shared machine barely changes, unlike wall time.
+    """
 
     median_s: float
     min_s: float
     max_s: float
     repeats: int
     calls: int
+    cpu_median_s: float = 0.0
 
 
 def time_call(
@@ -60,20 +65,22 @@ def time_call(
     sync = sync or _block
     for _ in range(max(warmup, 0)):
         sync(fn())
-    per_call = []
+    per_call, cpu_per_call = [], []
     for _ in range(max(repeats, 1)):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         result = None
         for _ in range(max(calls, 1)):
             result = fn()
         sync(result)
         per_call.append((time.perf_counter() - start) / max(calls, 1))
+        cpu_per_call.append((time.process_time() - cpu_start) / max(calls, 1))
     return Timing(
         median_s=statistics.median(per_call),
         min_s=min(per_call),
         max_s=max(per_call),
         repeats=len(per_call),
         calls=max(calls, 1),
+        cpu_median_s=statistics.median(cpu_per_call),
     )
 
 
@@ -99,6 +106,10 @@ def row(
         "repeats": timing.repeats,
         "calls": timing.calls,
         "items_per_s": round(items / timing.median_s, 1) if timing.median_s > 0 else float("inf"),
+        "cpu_ms": round(timing.cpu_median_s * 1e3, 3),
+        "items_per_cpu_s": round(items / timing.cpu_median_s, 1)
+        if timing.cpu_median_s > 0
+        else None,
     }
     out.update(extra)
     return out

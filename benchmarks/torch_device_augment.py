@@ -44,7 +44,10 @@ def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     i = i.to(torch.int64) % 6
     p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
     table = torch.stack(
-        [torch.stack(c, 1) for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))],
+        [
+            torch.stack(c, 1)
+            for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))
+        ],
         0,
     )  # [6, B, 3, H, W]
     index = i.unsqueeze(0).unsqueeze(2).expand(1, -1, 3, -1, -1)
@@ -77,8 +80,13 @@ def device_augment(images: torch.Tensor) -> torch.Tensor:
     batch, height, width, _ = images.shape
     dev = images.device
     x = images.permute(0, 3, 1, 2).float().div(255)
-    x = F.grid_sample(x, _crop_flip_grid(batch, height, width, dev), mode="bilinear",
-                      padding_mode="border", align_corners=False)
+    x = F.grid_sample(
+        x,
+        _crop_flip_grid(batch, height, width, dev),
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=False,
+    )
     u = lambda lo, hi: _per_example(torch.empty(batch, device=dev).uniform_(lo, hi))
     j = (x * u(0.6, 1.4)).clamp(0, 1)
     c = u(0.6, 1.4)

@@ -6,7 +6,9 @@
 - ``encoder_train_device_aug``: data already on the device as uint8; each step gathers a random
   batch and makes two views with batched tensor ops (:mod:`torch_device_augment`).
 - ``encoder_step_no_aug``: the step alone on two fixed, already augmented views on the device.
-- ``augment_dataloader``: the DataLoader alone (no model), views per second of the CPU pipeline.
+- ``augment_pil_one_process``: the authors' per-image PIL transforms alone, in one process (no
+  workers, no model): the per-core rate of their CPU pipeline (a DataLoader with W workers gives at
+  most W times this). Timing the DataLoader itself would mostly time its prefetch buffer.
 
 bfloat16 rows use ``torch.autocast`` (the authors trained in float32). Items are augmented views
 (two per image and step); the DataLoader also makes the authors' third, un-augmented view.
@@ -73,6 +75,8 @@ def _loader(images: np.ndarray, batch: int, workers: int, device: torch.device, 
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(seed),
+        # spawn, not fork: the parent runs JAX's thread pools (fork may deadlock there)
+        multiprocessing_context="spawn" if workers > 0 else None,
     )
     return itertools.chain.from_iterable(itertools.repeat(loader))  # endless, epoch after epoch
 
@@ -91,10 +95,16 @@ def bench_torch(
     workers: int,
     timing: dict,
     benches: tuple[str, ...] = ("dataloader", "device_aug", "step", "augment"),
+    threads: int | None = None,
     seed: int = 0,
 ) -> list[dict]:
-    """Rows for the PyTorch peer (see module doc). ``images``: uint8 [N, H, W, 3], N >= batch."""
+    """Rows for the PyTorch peer (see module doc). ``images``: uint8 [N, H, W, 3], N >= batch.
+
+    ``threads``: torch intra-op threads (default: torch's choice, the core count).
+    """
     device = torch_device()
+    if threads:
+        torch.set_num_threads(threads)
     sync = _sync_fn(device)
     torch.manual_seed(seed)
     rows = []
@@ -109,20 +119,23 @@ def bench_torch(
         image_size=int(images.shape[1]),
     )
     on_device = torch.from_numpy(images).to(device)
-    if "augment" in benches:
-        batches = _loader(images, batch, workers, device, seed)
-        t = time_call(lambda: next(batches), sync=lambda _: None, **timing)
-        rows.append(row("augment_dataloader", "float32", 2 * batch, "views", t, workers=workers, **meta))
+    if "augment" in benches:  # one process, no workers: the per-core rate of the PIL pipeline
+        dataset = torch_reference.ThreeViewDataset(images)
+        order = itertools.cycle(range(len(images)))
+        t = time_call(
+            lambda: [dataset[next(order)] for _ in range(batch)], sync=lambda _: None, **timing
+        )
+        rows.append(row("augment_pil_one_process", "float32", 2 * batch, "views", t, **meta))
     for dtype in dtypes:
         step, _ = make_step(width, device, dtype, seed)
         if "step" in benches:
             idx = torch.randint(0, len(on_device), (batch,), device=device)
             v1, v2 = device_augment(on_device[idx]), device_augment(on_device[idx])
-            t = time_call(lambda v1=v1, v2=v2: step(v1, v2), sync=sync, **timing)
+            t = time_call(lambda v1=v1, v2=v2, step=step: step(v1, v2), sync=sync, **timing)
             rows.append(row("encoder_step_no_aug", dtype, 2 * batch, "views", t, **meta))
         if "device_aug" in benches:
 
-            def device_aug_step():
+            def device_aug_step(step=step):
                 idx = torch.randint(0, len(on_device), (batch,), device=device)
                 x = on_device[idx]
                 return step(device_augment(x), device_augment(x))
@@ -132,7 +145,7 @@ def bench_torch(
         if "dataloader" in benches:
             batches = _loader(images, batch, workers, device, seed)
 
-            def loader_step():
+            def loader_step(step=step, batches=batches):
                 (_, v1, v2), _ = next(batches)
                 v1 = v1.to(device, non_blocking=True)
                 v2 = v2.to(device, non_blocking=True)
@@ -140,6 +153,14 @@ def bench_torch(
 
             t = time_call(loader_step, sync=sync, **timing)
             rows.append(
-                row("encoder_train_dataloader", dtype, 2 * batch, "views", t, workers=workers, **meta)
+                row(
+                    "encoder_train_dataloader",
+                    dtype,
+                    2 * batch,
+                    "views",
+                    t,
+                    workers=workers,
+                    **meta,
+                )
             )
     return rows

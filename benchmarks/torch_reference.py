@@ -77,7 +77,9 @@ class CifarResNet18(nn.Module):
         layers, in_ch = [], width
         for stage, stride in enumerate((1, 2, 2, 2)):
             out_ch = width * 2**stage
-            layers.append(nn.Sequential(BasicBlock(in_ch, out_ch, stride), BasicBlock(out_ch, out_ch, 1)))
+            layers.append(
+                nn.Sequential(BasicBlock(in_ch, out_ch, stride), BasicBlock(out_ch, out_ch, 1))
+            )
             in_ch = out_ch
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
         self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -133,17 +135,17 @@ class RandomResizedCrop:
         for _ in range(10):
             target_area = area * torch.empty(1).uniform_(self.scale[0], self.scale[1]).item()
             aspect = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1])).item()
-            w = int(round(math.sqrt(target_area * aspect)))
-            h = int(round(math.sqrt(target_area / aspect)))
+            w = round(math.sqrt(target_area * aspect))
+            h = round(math.sqrt(target_area / aspect))
             if 0 < w <= width and 0 < h <= height:
                 i = torch.randint(0, height - h + 1, size=(1,)).item()
                 j = torch.randint(0, width - w + 1, size=(1,)).item()
                 return i, j, h, w
         in_ratio = width / height
         if in_ratio < min(self.ratio):
-            w, h = width, int(round(width / min(self.ratio)))
+            w, h = width, round(width / min(self.ratio))
         elif in_ratio > max(self.ratio):
-            h, w = height, int(round(height * max(self.ratio)))
+            h, w = height, round(height * max(self.ratio))
         else:
             w, h = width, height
         return (height - h) // 2, (width - w) // 2, h, w
@@ -237,12 +239,26 @@ def authors_transforms(size: int, prefer_torchvision: bool = True) -> tuple[Call
         from torchvision import transforms as T
 
         jitter = T.ColorJitter(0.4, 0.4, 0.4, 0.1)
-        t_1 = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(0.5),
-                         T.RandomApply([jitter], p=0.8), T.RandomGrayscale(0.2), T.ToTensor()])
+        t_1 = T.Compose(
+            [
+                T.RandomResizedCrop(size),
+                T.RandomHorizontalFlip(0.5),
+                T.RandomApply([jitter], p=0.8),
+                T.RandomGrayscale(0.2),
+                T.ToTensor(),
+            ]
+        )
         t_org = T.Compose([T.RandomResizedCrop(size, scale=(1, 1)), T.ToTensor()])
         return t_1, t_org
-    t_1 = Compose([RandomResizedCrop(size), RandomHorizontalFlip(0.5),
-                   RandomApply(ColorJitter(0.4, 0.4, 0.4, 0.1), 0.8), RandomGrayscale(0.2), to_tensor])
+    t_1 = Compose(
+        [
+            RandomResizedCrop(size),
+            RandomHorizontalFlip(0.5),
+            RandomApply(ColorJitter(0.4, 0.4, 0.4, 0.1), 0.8),
+            RandomGrayscale(0.2),
+            to_tensor,
+        ]
+    )
     t_org = Compose([RandomResizedCrop(size, scale=(1.0, 1.0)), to_tensor])
     return t_1, t_org
 

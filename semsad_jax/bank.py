@@ -102,12 +102,20 @@ def _stale_reason(meta: dict | None, expected: dict) -> str | None:
     return None
 
 
-def build_bank(config: Any, workdir: str, train: ImageSet, *, mesh: Mesh | None = None) -> Bank:
+def build_bank(
+    config: Any,
+    workdir: str,
+    train: ImageSet,
+    *,
+    mesh: Mesh | None = None,
+    encoder: tuple | None = None,
+) -> Bank:
     """Loads the bank of ``workdir`` if it is fresh for this encoder and data, else builds and saves it.
 
     Features: :func:`features.compute_features` of ``train.images`` with the finished encoder
     (inference mode, batches of ``discriminator.feature_batch_size`` sharded over ``mesh``).
     Neighbourhoods: :func:`neighbors.semantic_neighbourhoods` with ``k = discriminator.neighbours``.
+    ``encoder``: (graphdef, params, batch_stats) if already loaded, else restored from ``workdir``.
     Raises SemsadError when the encoder is missing or does not match ``config``.
     """
     mesh = mesh or parallel.make_mesh()
@@ -116,7 +124,7 @@ def build_bank(config: Any, workdir: str, train: ImageSet, *, mesh: Mesh | None 
         raise SemsadError(
             f"discriminator.neighbours={k} needs 1 <= k < {len(train)} (the training images); lower it."
         )
-    graphdef, params, stats = load_encoder(workdir, config, mesh)
+    graphdef, params, stats = encoder or load_encoder(workdir, config, mesh)
     expected = _expected_meta(config, train, tree_digest((params, stats)))
     meta = read_json(os.path.join(bank_dir(workdir), "bank.json"))
     reason = _stale_reason(meta, expected)
@@ -159,7 +167,7 @@ def build_bank(config: Any, workdir: str, train: ImageSet, *, mesh: Mesh | None 
     bank.meta["build_seconds"] = round(time.time() - t0, 3)
     write_json(os.path.join(bank_dir(workdir), "bank.json"), bank.meta)
     log.info(
-        "feature bank: %d x %d features in %.1f s, %d-neighbourhoods in %.1f s, saved in %.1f s total",
+        "feature bank: %d x %d features in %.1f s, %d-neighbourhoods in %.1f s; %.1f s in all",
         len(bank),
         bank.features.shape[1],
         t1 - t0,

@@ -8,6 +8,9 @@ Both follow this package's convention: a HIGHER score means MORE in-distribution
   fitted to the L2-normalised training-bank features; score = minus the Mahalanobis distance to the
   nearest cluster. The precision matrix is the pseudo-inverse of the (biased) covariance, optionally
   shrunk towards a scaled identity first (``eval.mahalanobis_shrinkage``; 0 = SSD's plain pinv).
+  Eigenvalues below ``PINV_RTOL`` x the largest count as zero: numpy's default cut-off (about 1e-14)
+  keeps rounding-noise directions, which dominate the distance when the bank has fewer images than
+  feature dimensions or the features fill only a subspace.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from semsad_jax.errors import SemsadError
 from semsad_jax.neighbors import l2_normalize, top_k_cosine
 
 __all__ = ["Gaussians", "fit_mahalanobis", "knn_scores", "mahalanobis_scores"]
+PINV_RTOL = 1e-6
 
 
 def knn_scores(
@@ -96,7 +100,7 @@ def fit_mahalanobis(
         if shrinkage:
             cov = (1.0 - shrinkage) * cov + shrinkage * (np.trace(cov) / dim) * np.eye(dim)
         means.append(mean)
-        precisions.append(np.linalg.pinv(cov, hermitian=True))
+        precisions.append(np.linalg.pinv(cov, rcond=PINV_RTOL, hermitian=True))
     return Gaussians(np.stack(means), np.stack(precisions))
 
 

@@ -33,7 +33,7 @@ DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class ImageSet:
     """A loaded image set.
 
@@ -44,6 +44,8 @@ class ImageSet:
       spec: the spec string it came from.
       ids: per-image source id: the file path inside the folder / archive, or str(index).
       is_outlier: bool [N] marking contaminating images (set by :func:`contaminate`), or None.
+
+    Instances compare by identity (they hold arrays).
     """
 
     images: np.ndarray

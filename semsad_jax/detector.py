@@ -16,7 +16,6 @@ normalise with their own statistics, so a score DOES depend on its batch: see :f
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from typing import Any, NamedTuple
@@ -26,6 +25,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from semsad_jax import parallel
+from semsad_jax.checkpoints import read_json
 from semsad_jax.data import images_from_array
 from semsad_jax.errors import SemsadError
 from semsad_jax.neighbors import top_k_cosine
@@ -75,21 +75,18 @@ def is_transductive(config: Any) -> bool:
 def read_config(workdir: str) -> ConfigView:
     """The resolved config a workdir was trained with (WORKDIR/config.json)."""
     path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    config = read_json(path)
+    if config is None:
         raise SemsadError(
             f"{path} is missing; pass the workdir of a trained run (--mode=encoder writes it)."
         )
-    with open(path) as f:
-        return ConfigView(json.load(f))
+    return ConfigView(config)
 
 
 def stored_threshold(workdir: str, detector: str = "semsad") -> float | None:
     """The 95% (``eval.tpr``) threshold stored by --mode=eval, or None if eval has not run."""
-    path = os.path.join(workdir, RESULTS)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return float(json.load(f)["threshold_95"][detector])
+    results = read_json(os.path.join(workdir, RESULTS))
+    return None if results is None else float(results["threshold_95"][detector])
 
 
 class Neighbours(NamedTuple):
@@ -110,6 +107,7 @@ class Detector:
       bank: the training bank (``features`` f32 [N, D], ``images`` u8 [N, H, W, 3], ...).
       threshold: the stored semsad threshold (None before --mode=eval).
       mesh: the device mesh everything runs on.
+      workdir: where it was restored from (None when built by hand).
     """
 
     config: Any
@@ -259,12 +257,8 @@ def _one_device() -> Mesh:
 def check_trained(workdir: str) -> None:
     """SemsadError unless both the encoder and the discriminator of ``workdir`` finished training."""
     for stage in ("encoder", "discriminator"):
-        path = os.path.join(workdir, stage, "stage.json")
-        finished = False
-        if os.path.exists(path):
-            with open(path) as f:
-                finished = bool(json.load(f).get("finished"))
-        if not finished:
+        meta = read_json(os.path.join(workdir, stage, "stage.json"))
+        if not (meta and meta.get("finished")):
             raise SemsadError(
                 f"no trained {stage} in {workdir}; run --mode={stage} with this --workdir first."
             )

@@ -25,6 +25,7 @@ import platform
 import re
 from typing import Any
 
+import jax
 import numpy as np
 
 from semsad_jax import plots
@@ -33,12 +34,14 @@ from semsad_jax.checkpoints import read_json, write_json
 from semsad_jax.detector import Detector, bn_mode, check_trained
 from semsad_jax.errors import SemsadError
 from semsad_jax.metrics import ood_metrics, threshold_at_tpr
+from semsad_jax.pairs import pair_settings, sample_pairs
 from semsad_jax.report import IN_NAME, METRICS, results_table, scores_key
 from semsad_jax.specs import parse_spec
 
 log = logging.getLogger(__name__)
 DETECTORS = ("semsad", "knn", "mahalanobis")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_sample_pairs = jax.jit(sample_pairs, static_argnames=("cfg",))
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "scikit-learn")
 
 
@@ -175,17 +178,19 @@ def evaluate_detector(detector: Detector, in_spec: str, oods: dict[str, str], ou
         "config": _config_dict(config),
         "versions": versions(),
     }
-    arrays = {scores_key(d, n): s[d] for n, s in scored.items() for d in DETECTORS}
-    arrays.update({scores_key("nn", n): s["nn"] for n, s in scored.items()})
-    os.makedirs(out_dir, exist_ok=True)
-    np.savez(os.path.join(out_dir, "scores.npz"), **arrays)
-    write_json(os.path.join(out_dir, "results.json"), results)
-    table = results_table(results)
-    with open(os.path.join(out_dir, "results.txt"), "w") as f:
-        f.write(table + "\n")
-    print(table)
-    if v.get("plots", False):
-        write_plots(detector, scored, results, out_dir)
+    plotted = write_plots(detector, scored, results, out_dir) if v.get("plots", False) else []
+    if jax.process_index() == 0:  # every process computed the same; one writes
+        arrays = {scores_key(d, n): s[d] for n, s in scored.items() for d in DETECTORS}
+        arrays.update({scores_key("nn", n): s["nn"] for n, s in scored.items()})
+        os.makedirs(out_dir, exist_ok=True)
+        np.savez(os.path.join(out_dir, "scores.npz"), **arrays)
+        write_json(os.path.join(out_dir, "results.json"), results)
+        table = results_table(results)
+        with open(os.path.join(out_dir, "results.txt"), "w") as f:
+            f.write(table + "\n")
+        print(table)
+        for path in plotted:
+            log.info("wrote %s", path)
     return results
 
 
@@ -195,18 +200,13 @@ def training_pair_scores(detector: Detector, count: int, seed: int) -> dict[str,
     The pairs are drawn as in training (:func:`semsad_jax.pairs.sample_pairs`, the config's pair
     settings, key ``seed``) from ``count`` distinct bank images; views are rounded to uint8.
     """
-    import jax
-
-    from semsad_jax.pairs import pair_settings, sample_pairs
-
     bank = detector.bank
     count = min(int(count), len(bank.images))
     if count < 2:
         return {}
     key = jax.random.key(seed)
     batch_idx = jax.random.choice(jax.random.fold_in(key, 0), len(bank.images), (count,), False)
-    sample = jax.jit(sample_pairs, static_argnames=("cfg",))
-    pairs = sample(
+    pairs = _sample_pairs(
         jax.random.fold_in(key, 1),
         bank.images,
         bank.neighbours,
@@ -229,6 +229,8 @@ def write_plots(detector: Detector, scored: dict, results: dict, out_dir: str) -
     mode = results["bn_mode"]
     count = int(detector.config.eval.get("plot_pairs", 512))
     groups = training_pair_scores(detector, count, int(detector.config.seed))
+    if jax.process_index() != 0:
+        return []
     groups["in-distribution test"] = scored[IN_NAME]["semsad"]
     groups.update({f"OOD: {n}": scored[n]["semsad"] for n in results["ood"]})
     paths = [
@@ -273,6 +275,15 @@ def score_images(config: Any, workdir: str, images_spec: str, *, mesh: Any = Non
     scores, _, nn = detector.score_with_neighbours(images.images)
     flags = scores < threshold
     path = os.path.join(workdir, "score", "scores.csv")
+    summary = {
+        "csv": path,
+        "num_images": len(images),
+        "num_ood": int(flags.sum()),
+        "threshold": threshold,
+        "bn_mode": bn_mode(config),
+    }
+    if jax.process_index() != 0:
+        return summary
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
@@ -288,13 +299,6 @@ def score_images(config: Any, workdir: str, images_spec: str, *, mesh: Any = Non
                     int(flags[i]),
                 ]
             )
-    summary = {
-        "csv": path,
-        "num_images": len(images),
-        "num_ood": int(flags.sum()),
-        "threshold": threshold,
-        "bn_mode": bn_mode(config),
-    }
     print(
         f"scored {len(images)} images [bn_mode: {summary['bn_mode']}]: {summary['num_ood']} "
         f"flagged OOD at threshold {threshold:.6g}; wrote {path}"

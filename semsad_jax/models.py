@@ -69,10 +69,11 @@ def _uniform_init(bound: float):
 
 
 def group_count(channels: int) -> int:
-    """Number of GroupNorm groups for ``channels``: 32 for >= 64 channels, else channels // 2.
+    """GroupNorm groups for ``channels``: ``gcd(channels, min(32, channels // 2))``, at least 1.
 
-    The result always divides ``channels`` (gcd) and is at least 1, so tiny test widths work:
-    4 channels -> 2 groups of 2, 8 -> 4, 16 -> 8, 32 -> 16, 64 and up -> 32 (GroupNorm paper).
+    32 groups (the GroupNorm paper's default) at the standard widths 64..512; at tiny test widths
+    every group still holds >= 2 channels (4 -> 2 groups, 8 -> 4, 16 -> 8, 32 -> 16); the gcd keeps
+    it a divisor of odd widths (80 -> 16).
     """
     return math.gcd(channels, min(32, max(1, channels // 2)))
 
@@ -84,7 +85,9 @@ def canonical_dtype(dtype: Any) -> jnp.dtype:
     except TypeError:
         resolved = None
     if resolved is None or resolved.name not in COMPUTE_DTYPES:
-        raise SemsadError(f"Unsupported compute dtype {dtype!r}; use 'float32' or 'bfloat16'.")
+        raise SemsadError(
+            f"Unsupported compute dtype {dtype!r}; set --config.dtype to 'float32' or 'bfloat16'."
+        )
     return resolved
 
 
@@ -220,13 +223,19 @@ class ResNet(nnx.Module):
         rngs: nnx.Rngs,
     ):
         if depth not in STAGE_BLOCKS:
-            raise SemsadError(f"Unsupported ResNet depth {depth!r}; use 18 or 34.")
+            raise SemsadError(
+                f"Unsupported ResNet depth {depth!r}; set encoder.depth / discriminator.depth to "
+                "18 or 34."
+            )
         _check_choice("activation", activation, tuple(ACTIVATIONS))
         _check_choice("norm", norm, NORMS)
         _check_choice("head", head, HEADS)
         for name, value in (("width", width), ("in_channels", in_channels), ("out_dim", out_dim)):
             if not isinstance(value, int) or value < 1:
-                raise SemsadError(f"ResNet {name} must be a positive integer, got {value!r}.")
+                raise SemsadError(
+                    f"ResNet {name} must be a positive integer, got {value!r}; fix the "
+                    f"encoder / discriminator section of the config."
+                )
         dtype = canonical_dtype(dtype)
         self.dtype = dtype
         self.activation = activation
@@ -273,7 +282,10 @@ class ResNet(nnx.Module):
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise SemsadError(f"Unknown {name} {value!r}; use one of {', '.join(choices)}.")
+        raise SemsadError(
+            f"Unknown ResNet {name} {value!r}; set encoder.{name} / discriminator.{name} to one "
+            f"of {', '.join(choices)}."
+        )
 
 
 def make_encoder(cfg_encoder: Any, *, rngs: nnx.Rngs, dtype=jnp.float32) -> ResNet:

@@ -57,6 +57,12 @@ def _check_workdir(workdir: str | None) -> str:
     workdir = os.path.abspath(os.path.expanduser(workdir))
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise SemsadError(f"--workdir {workdir} exists and is not a directory; choose another.")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as err:
+        raise SemsadError(
+            f"cannot create --workdir {workdir} ({err.strerror}); choose a writable directory."
+        ) from None
     return workdir
 
 

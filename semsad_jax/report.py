@@ -98,9 +98,9 @@ def _spread(values: list[float]) -> dict:
 
 
 def aggregate(runs: list[dict]) -> dict:
-    """detector -> OOD set -> metric -> {mean, std (ddof=1), values}, over the runs that have it."""
+    """detector -> OOD set -> metric -> {mean, std (ddof=1), values}; sets some run lacks are left out."""
     out: dict = {}
-    for detector in runs[0]["detectors"]:
+    for detector in sorted(runs[0]["detectors"], key=lambda d: (d != "semsad", d)):
         for name in runs[0]["detectors"][detector]:
             present = [
                 r["detectors"][detector][name]

@@ -16,21 +16,19 @@ positive / negative pairs), gamma, and ``images_per_s`` counting pairs (2B per s
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
-from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh
 
 from semsad_jax import parallel
-from semsad_jax.augment import to_float
 from semsad_jax.bank import bank_dir, build_bank
 from semsad_jax.checkpoints import (
     StageCheckpoints,
@@ -41,11 +39,9 @@ from semsad_jax.checkpoints import (
 )
 from semsad_jax.data import ImageSet
 from semsad_jax.errors import SemsadError
-from semsad_jax.features import compute_features, map_batched
 from semsad_jax.losses import discriminator_loss, pair_score, sample_gamma
-from semsad_jax.metrics import ood_metrics
 from semsad_jax.models import make_discriminator
-from semsad_jax.neighbors import semantic_neighbourhoods
+from semsad_jax.pair_scoring import discriminator_scores, forward_pairs, heldout_report
 from semsad_jax.pairs import pair_settings, sample_pairs, stack_pair
 from semsad_jax.train_encoder import compute_dtype, encoder_identity, load_encoder
 from semsad_jax.trainer import (
@@ -57,11 +53,18 @@ from semsad_jax.trainer import (
     tree_is_finite,
 )
 
+__all__ = [
+    "discriminator_scores",  # re-exported from pair_scoring for the evaluation stage
+    "load_discriminator",
+    "train_discriminator",
+]
+
 log = logging.getLogger(__name__)
 STAGE = "discriminator"
 ARCH_KEYS = ("depth", "width", "activation", "norm", "out_dim", "head")
 PAIR_KEYS = ("neighbours", "mu", "pairs", "pos_augment", "neg_augment", "gamma", "gamma_max")
-HELDOUT_MAX_BATCHES = 16  # Held-out report: at most this many batches of pairs.
+_STEP_CACHE: dict = {}  # jitted steps by _step_cache_key (insertion order = age)
+_STEP_CACHE_SIZE = 4
 
 
 def build_discriminator(config: Any, seed: int | None = None) -> nnx.Module:
@@ -86,14 +89,6 @@ def steps_per_epoch(config: Any, num_images: int) -> int:
     return int(s.get("steps_per_epoch", 0)) or num_images // int(s.batch_size)
 
 
-def _forward(model: nnx.Module, pos: jax.Array, neg: jax.Array, two_passes: bool):
-    """Logits [B, K] of the positive and negative inputs [B, H, W, 6]."""
-    if two_passes:
-        return model(pos), model(neg)
-    out = model(jnp.concatenate([pos, neg]))
-    return out[: pos.shape[0]], out[pos.shape[0] :]
-
-
 def make_train_step(
     graphdef: nnx.GraphDef,
     tx: optax.GradientTransformation,
@@ -105,8 +100,13 @@ def make_train_step(
     """The jitted step ``(state, images u8 [N,H,W,3], neighbours i32 [N,k], step) -> (state, metrics)``.
 
     Images and neighbours are replicated; the state is donated. Metrics: loss, s_pos, s_neg, gamma,
-    finite (every parameter finite).
+    finite (every parameter finite). ``tx`` must be ``make_optimizer(config.discriminator, ...)``:
+    steps are cached by (graphdef, config, num_images, mesh, shardings), so a resumed or repeated
+    run in the same process does not compile again.
     """
+    cache_key = _step_cache_key(graphdef, config, num_images, mesh, state_sharding)
+    if cache_key is not None and cache_key in _STEP_CACHE:
+        return _STEP_CACHE[cache_key]
     s = config.discriminator
     batch = int(s.batch_size)
     batches_per_pass = num_images // batch
@@ -135,7 +135,7 @@ def make_train_step(
         def loss_fn(params):
             model = nnx.merge(graphdef, params, state["batch_stats"])
             model.train()
-            s_pos, s_neg = _forward(model, pos, neg, two_passes)
+            s_pos, s_neg = forward_pairs(model, pos, neg, two_passes)
             loss = discriminator_loss(s_pos, s_neg, gamma)
             means = (jnp.mean(pair_score(s_pos)), jnp.mean(pair_score(s_neg)))
             return loss, (model_stats(model), means)
@@ -156,7 +156,20 @@ def make_train_step(
         return new, metrics
 
     rep = parallel.replicated(mesh)
-    return jax.jit(step_fn, donate_argnums=(0,), out_shardings=(state_sharding, rep))
+    step = jax.jit(step_fn, donate_argnums=(0,), out_shardings=(state_sharding, rep))
+    if cache_key is not None:
+        while len(_STEP_CACHE) >= _STEP_CACHE_SIZE:
+            _STEP_CACHE.pop(next(iter(_STEP_CACHE)))
+        _STEP_CACHE[cache_key] = step
+    return step
+
+
+def _step_cache_key(graphdef, config, num_images, mesh, state_sharding) -> tuple | None:
+    if not hasattr(config, "to_dict"):
+        return None
+    leaves, treedef = jax.tree.flatten(state_sharding)
+    cfg = json.dumps(config.to_dict(), sort_keys=True, default=str)
+    return (graphdef, cfg, int(num_images), mesh, treedef, tuple(leaves))
 
 
 def init_state(config: Any, spe: int, mesh: Mesh):
@@ -167,57 +180,19 @@ def init_state(config: Any, spe: int, mesh: Mesh):
     return graphdef, tx, parallel.replicate(state, mesh)
 
 
-def heldout_report(
-    graphdef, state, encoder, test: ImageSet | None, config: Any, mesh: Mesh
-) -> dict:
-    """Mean pair score s on held-out positive vs negative pairs (inference mode).
-
-    Pairs are sampled from ``test`` as in training (neighbourhoods among the test images by the
-    encoder's features), in up to HELDOUT_MAX_BATCHES batches of ``discriminator.batch_size``.
-    Returns heldout_mean_s_pos, heldout_mean_s_neg, heldout_pair_auroc (positives ranked above
-    negatives) and heldout_pairs; {} without a test set.
-    """
-    s = config.discriminator
-    ndev = mesh.devices.size
-    hb = min(int(s.batch_size), len(test) if test is not None else 0) // ndev * ndev
-    if test is None or hb < 2:
-        return {}
-    dtype = compute_dtype(config)
-    feats = compute_features(
-        *encoder, test.images, mesh=mesh, batch_size=int(s.feature_batch_size), dtype=dtype
-    )
-    k = min(int(s.neighbours), len(test) - 1)
-    neighbours = parallel.replicate(
-        semantic_neighbourhoods(feats, k, normalized=True, mesh=mesh), mesh
-    )
-    images = parallel.replicate(test.images, mesh)
-    settings = pair_settings(s)
-    key = jax.random.fold_in(jax.random.key(config.seed), 6)
-
-    @jax.jit
-    def scores(params, stats, images, neighbours, idx, b):
-        pairs = sample_pairs(jax.random.fold_in(key, b), images, neighbours, idx, settings, dtype)
-        model = nnx.merge(graphdef, params, stats)
-        model.eval()
-        pos = stack_pair(pairs["ref_pos"], pairs["partner_pos"])
-        neg = stack_pair(pairs["ref_neg"], pairs["partner_neg"])
-        s_pos, s_neg = _forward(model, pos, neg, two_passes=True)
-        return pair_score(s_pos), pair_score(s_neg)
-
-    order = np.random.default_rng(int(config.seed)).permutation(len(test))
-    pos, neg = [], []
-    for b in range(min(len(test) // hb, HELDOUT_MAX_BATCHES)):
-        idx = parallel.replicate(order[b * hb : (b + 1) * hb].astype(np.int32), mesh)
-        p, n = scores(state["params"], state["batch_stats"], images, neighbours, idx, b)
-        pos.append(np.asarray(p))
-        neg.append(np.asarray(n))
-    pos, neg = np.concatenate(pos), np.concatenate(neg)
-    return {
-        "heldout_mean_s_pos": float(pos.mean()),
-        "heldout_mean_s_neg": float(neg.mean()),
-        "heldout_pair_auroc": float(ood_metrics(pos, neg)["auroc"]),
-        "heldout_pairs": int(pos.size),
-    }
+def _load_matching_encoder(workdir: str, config: Any, mesh: Mesh):
+    """load_encoder, with a mismatch message that says how to retrain the ENCODER."""
+    meta = read_json(os.path.join(workdir, "encoder", "stage.json"))
+    recorded, wanted = (meta or {}).get("identity", {}), encoder_identity(config)
+    diff = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
+    if meta is not None and diff:
+        k = diff[0]
+        raise SemsadError(
+            f"the encoder in {workdir}/encoder was trained with {k}={recorded.get(k)!r}, but the "
+            f"config says {k}={wanted.get(k)!r}; use the config it was trained with, or retrain it "
+            f"first with --mode=encoder --overwrite."
+        )
+    return load_encoder(workdir, config, mesh)
 
 
 def train_discriminator(
@@ -248,14 +223,14 @@ def train_discriminator(
             f"lower it."
         )
     pair_settings(s)  # unknown variant / preset -> SemsadError before any work
-    encoder = load_encoder(workdir, config, mesh)  # SemsadError: missing or mismatched encoder
+    encoder = _load_matching_encoder(workdir, config, mesh)
     stage_dir = os.path.join(workdir, STAGE)
     identity = discriminator_identity(config)
     meta = check_stage_identity(stage_dir, identity, STAGE, overwrite)
     if overwrite and meta is not None:
         move_aside(stage_dir)
         meta = None
-    bank = build_bank(config, workdir, train, mesh=mesh)
+    bank = build_bank(config, workdir, train, mesh=mesh, encoder=encoder)
     digest = bank.meta["encoder_digest"]
     if meta is not None and meta.get("encoder_digest") != digest:
         raise SemsadError(
@@ -356,35 +331,3 @@ def load_discriminator(workdir: str, config: Any, mesh: Mesh | None = None):
         )
     state, _ = restored
     return graphdef, state["params"], state["batch_stats"]
-
-
-@partial(jax.jit, static_argnames=("graphdef", "dtype"))
-def _score(graphdef, params, batch_stats, refs, partners, dtype):
-    model = nnx.merge(graphdef, params, batch_stats)
-    model.eval()
-    return pair_score(model(stack_pair(to_float(refs, dtype), to_float(partners, dtype))))
-
-
-def discriminator_scores(
-    graphdef: nnx.GraphDef,
-    params: dict,
-    batch_stats: dict,
-    refs_u8: np.ndarray,
-    partners_u8: np.ndarray,
-    *,
-    mesh: Mesh,
-    batch_size: int = 500,
-    dtype: Any = jnp.float32,
-) -> np.ndarray:
-    """Pair scores s(reference, partner) in inference mode: float32 [N].
-
-    Args:
-      refs_u8, partners_u8: uint8 [N, H, W, 3] (at evaluation: the training neighbour and the test
-        image). Scored in padded batches of ``batch_size`` sharded over ``mesh``.
-    With ``norm="batch_transductive"`` a score depends on the rest of its batch (batch statistics),
-    as in the authors' evaluation; with the other norms it does not.
-    """
-
-    fn = lambda refs, partners: _score(graphdef, params, batch_stats, refs, partners, dtype)
-    out = map_batched(fn, (refs_u8, partners_u8), mesh=mesh, batch_size=batch_size)
-    return np.asarray(out, np.float32).reshape(len(refs_u8))

@@ -246,6 +246,11 @@ def run_loop(
     :class:`SemsadError` without saving (the last good checkpoint stays); SIGTERM / Ctrl-C saves the
     current step and raises :class:`Interrupted`.
     """
+    if start_step > total_steps:
+        raise SemsadError(
+            f"{name}: the checkpoint is at step {start_step}, beyond this config's {total_steps} "
+            f"steps (it was trained longer); use its epochs, or --overwrite to retrain."
+        )
     bar = Progress(name, total_steps, start_step, progress)
     t_last, step_last = time.time(), start_step
     step = start_step

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageEnhance, ImageFilter
 from scipy import ndimage, stats
 
 from semsad_jax import augment
@@ -132,6 +132,22 @@ def test_blur_matches_scipy_reflect(sigma, kernel):
     expected = ndimage.gaussian_filter1d(expected, sigma, axis=1, mode="mirror", radius=radius)
     ours = np.asarray(augment.gaussian_blur(jnp.asarray(image, jnp.float32), sigma, kernel))
     np.testing.assert_allclose(ours, expected, atol=2e-6)
+
+
+def test_negative_preset_blur_matches_authors_pil_blur():
+    """Paper and code blur with PIL GaussianBlur(radius=sigma) (MoCo's), an untruncated Gaussian
+    (PIL approximates it with box filters and replicates edges, so compare the interior): the
+    presets' 13 taps match it; the SimCLR 3-tap rule at 32 px would be far weaker at sigma 2."""
+    image = _image_u8(10, (24, 24, 3))
+    kernel = augment.PRESETS["t_neg"].blur_kernel
+    assert kernel == augment.PRESETS["t_neg_authors"].blur_kernel == 13
+    for sigma in (1.0, 2.0):
+        pil = Image.fromarray(image).filter(ImageFilter.GaussianBlur(radius=sigma))
+        expected = np.asarray(pil, np.float32)[6:-6, 6:-6] / 255
+        for taps in (kernel, 3):
+            ours = augment.gaussian_blur(jnp.asarray(image / 255.0, jnp.float32), sigma, taps)
+            error = np.abs(np.asarray(ours)[6:-6, 6:-6] - expected).mean()
+            assert error < 1.2 / 255 if taps == kernel else error > 4 / 255
 
 
 def test_blur_kernel_size_follows_simclr():

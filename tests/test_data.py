@@ -187,7 +187,7 @@ def test_tar_formats_long_names_links_and_truncation(tmp_path, mode, fmt):
         end = tar.getmember(long).offset_data + 10 if mode == "w" else path.stat().st_size // 2
     cut = tmp_path / "cut.tar"
     cut.write_bytes(path.read_bytes()[:end])
-    with pytest.raises(SemsadError, match="cannot read archive|cannot read image .*EOFError"):
+    with pytest.raises(SemsadError, match=r"cannot read archive|cannot read image .*EOFError"):
         load_images(f"archive:{cut}", 3, cache_dir="none", on_corrupt="error")
 
 

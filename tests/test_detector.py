@@ -1,6 +1,5 @@
 """semsad_jax.Detector: restore from a workdir alone, score / is_ood / nearest equal the eval outputs."""
 
-import json
 import os
 import subprocess
 import sys
@@ -39,9 +38,9 @@ def test_restore_reads_config_json(restored):
     det, workdir, _, _ = restored
     assert isinstance(det.config, ConfigView)
     assert det.config.encoder.width == 4 and det.config.eval.get("missing", 7) == 7
-    assert det.config.to_dict() == json.load(open(os.path.join(workdir, "config.json")))
+    assert det.config.to_dict() == trained_smoke.read_json(os.path.join(workdir, "config.json"))
     assert det.image_size == 8 and det.bn_mode == "running_stats"
-    results = json.load(open(os.path.join(workdir, "eval", "results.json")))
+    results = trained_smoke.read_json(os.path.join(workdir, "eval", "results.json"))
     assert det.threshold == results["threshold_95"]["semsad"]
 
 
@@ -79,7 +78,7 @@ def test_is_ood_needs_eval_and_restore_needs_a_workdir(tmp_path):
     assert det.threshold is None
     with pytest.raises(SemsadError, match="run --mode=eval first"):
         det.is_ood(det.bank.images[:2])
-    with pytest.raises(SemsadError, match="config.json is missing"):
+    with pytest.raises(SemsadError, match=r"config\.json is missing"):
         Detector.restore(str(tmp_path))
     assert read_config(trained_smoke.trained()).data.image_size == 8
 

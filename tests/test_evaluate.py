@@ -9,8 +9,8 @@ import pytest
 import trained_smoke
 from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
 
-from semsad_jax import pipeline
-from semsad_jax.baselines import fit_mahalanobis, knn_scores, mahalanobis_scores
+from semsad_jax import pipeline, plots
+from semsad_jax.baselines import PINV_RTOL, fit_mahalanobis, knn_scores, mahalanobis_scores
 from semsad_jax.detector import Detector
 from semsad_jax.errors import SemsadError
 from semsad_jax.evaluate import DETECTORS, evaluate_detector, ood_specs, parse_ood
@@ -51,7 +51,7 @@ def test_results_json_shape_and_ranges(evaluated):
         assert m["fpr95"] + m["detection_at_95"] == pytest.approx(1.0)
     assert results["config"]["discriminator"]["norm"] == "batch"
     assert {"jax", "flax", "numpy", "python"} <= set(results["versions"])
-    text = open(os.path.join(workdir, "eval", "results.txt")).read()
+    text = trained_smoke.read_text(os.path.join(workdir, "eval", "results.txt"))
     assert "bn_mode: running_stats" in text and "in-distribution is the positive class" in text
     assert all(f"{d}  " in text for d in DETECTORS)
 
@@ -76,7 +76,7 @@ def test_plots_are_pngs(evaluated):
 
 
 def test_batch_size_independent_and_extra_ood(evaluated, tmp_path):
-    workdir, _, scores = evaluated
+    _, _, scores = evaluated
     copy = trained_smoke.copy_of(trained_smoke.trained(), tmp_path / "run")
     extra = "five=sklearn:digits/test?classes=5&limit=12"
     pipeline.run(trained_smoke.config(batch_size=8), copy, "eval", ood=[extra])
@@ -84,41 +84,52 @@ def test_batch_size_independent_and_extra_ood(evaluated, tmp_path):
         for key in ("semsad/in_distribution", "semsad/digits_7_9", "nn/digits_7_9"):
             np.testing.assert_allclose(other[key], scores[key], rtol=1e-5, atol=1e-6)
         assert other["semsad/five"].shape == (12,)
-    results = json.load(open(os.path.join(copy, "eval", "results.json")))
+    results = trained_smoke.read_json(os.path.join(copy, "eval", "results.json"))
     assert results["ood"]["five"] == "sklearn:digits/test?classes=5&limit=12"
     assert results["detectors"]["semsad"]["five"]["num_ood"] == 12
     assert not os.path.exists(os.path.join(copy, "eval", "hist_semsad.png"))  # smoke: plots off
 
 
-def test_transductive_mode_is_labelled_and_batch_dependent(tmp_path):
+def test_transductive_mode_is_labelled_and_batch_dependent(tmp_path, monkeypatch):
     """An (untrained) batch_transductive discriminator: labels everywhere, authors' batching."""
     import jax
     from flax import nnx
 
-    config = trained_smoke.config(batch_size=8, plots=True, plot_pairs=16)
+    assert jax.device_count() == 4  # groups of 10 do not split over 4 devices: one-device path
+    config = trained_smoke.config(batch_size=10, plots=True)
     config.discriminator.norm = "batch_transductive"
-    base = Detector.from_workdir(trained_smoke.config(), trained_smoke.trained())
+    base = trained_smoke.detector()
     disc = split_model(make_discriminator(config.discriminator, rngs=nnx.Rngs(1)))
     det = Detector(config, base.encoder, disc, base.bank, mesh=base.mesh)
+    titles = []
+    for name in ("score_histograms", "roc_curves"):
+        original = getattr(plots, name)
+
+        def capture(*args, _original=original, **kwargs):
+            titles.append(kwargs["title"])
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(plots, name, capture)
     out = str(tmp_path / "eval")
     results = evaluate_detector(det, config.data.test, dict(config.eval.ood), out)
     label = "transductive (authors' evaluation)"
     assert results["bn_mode"] == label
-    assert f"bn_mode: {label}" in open(os.path.join(out, "results.txt")).read()
-    assert json.load(open(os.path.join(out, "results.json")))["bn_mode"] == label
+    assert f"bn_mode: {label}" in trained_smoke.read_text(os.path.join(out, "results.txt"))
+    assert trained_smoke.read_json(os.path.join(out, "results.json"))["bn_mode"] == label
+    assert len(titles) == 2 and all(label in t for t in titles)
+    assert os.path.exists(os.path.join(out, "hist_semsad.png"))
 
     # Reference: each consecutive group of eval.batch_size pairs is one batch with its own stats.
-    images = pipeline.load_set(config, config.eval.ood.digits_7_9).images  # 24 = 8 + 8 + 8
+    images = pipeline.load_set(config, config.eval.ood.digits_7_9).images  # 24 = 10 + 10 + 4
     refs = det.bank.images[det.nearest(images).indices[:, 0]]
     model = nnx.merge(*disc)
     model.eval()
     pairs = np.concatenate([refs, images], axis=-1).astype(np.float32) / 255.0
-    expected = np.concatenate([np.asarray(model(pairs[i : i + 8]))[:, 0] for i in (0, 8, 16)])
+    expected = np.concatenate([np.asarray(model(pairs[i : i + 10]))[:, 0] for i in (0, 10, 20)])
     with np.load(os.path.join(out, "scores.npz")) as npz:
         np.testing.assert_allclose(npz["semsad/digits_7_9"], expected, rtol=1e-4, atol=1e-5)
     whole = np.asarray(model(pairs))[:, 0]  # one batch of 24: different statistics, other scores
     assert np.abs(whole - expected).max() > 1e-3
-    assert jax.device_count() == 4
 
 
 def test_parse_ood():
@@ -154,7 +165,9 @@ def test_mahalanobis_against_scipy():
     b, q = unit(bank), unit(queries)
     inverse = np.linalg.pinv(np.cov(b.T, bias=True))
     expected = [-scipy_mahalanobis(x, b.mean(0), inverse) for x in q]
-    np.testing.assert_allclose(mahalanobis_scores(fit_mahalanobis(bank), queries), expected, rtol=1e-4)
+    np.testing.assert_allclose(
+        mahalanobis_scores(fit_mahalanobis(bank), queries), expected, rtol=1e-4
+    )
     # Full shrinkage: covariance = tr(S)/D * I, so the distance is Euclidean / sqrt(tr(S)/D).
     scale = np.trace(np.cov(b.T, bias=True)) / 5
     euclid = np.linalg.norm(q - b.mean(0), axis=1) / np.sqrt(scale)
@@ -170,16 +183,15 @@ def test_mahalanobis_against_scipy():
 
 
 def test_eval_baselines_match_references(evaluated):
-    workdir, _, scores = evaluated
-    det = Detector.restore(workdir)
+    _, _, scores = evaluated
+    det = trained_smoke.detector()
     config = trained_smoke.config()
     feats = det.features(pipeline.load_set(config, config.data.test).images)
     unit_bank = det.bank.features / np.linalg.norm(det.bank.features, axis=1, keepdims=True)
     np.testing.assert_allclose(
         scores["knn/in_distribution"], np.max(feats @ unit_bank.T, axis=1), atol=1e-5
     )
-    centred = unit_bank - unit_bank.mean(0)
-    inverse = np.linalg.pinv(centred.T @ centred / len(centred))
+    inverse = np.linalg.pinv(np.cov(unit_bank.T, bias=True), rcond=PINV_RTOL)
     unit_feats = feats / np.linalg.norm(feats, axis=1, keepdims=True)
     expected = [-scipy_mahalanobis(x, unit_bank.mean(0), inverse) for x in unit_feats]
     np.testing.assert_allclose(scores["mahalanobis/in_distribution"], expected, rtol=1e-3)

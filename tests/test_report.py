@@ -59,14 +59,14 @@ def test_hand_computed_report(tmp_path, capsys):
         "detection_rate": pytest.approx(1 / 3),
         "false_alarm_rate": pytest.approx(0.5),
     }
-    saved = json.load(open(tmp_path / "out" / "report.json"))
+    saved = trained_smoke.read_json(tmp_path / "out" / "report.json")
     assert saved["metrics"] == report["metrics"]
     printed = capsys.readouterr().out
     assert "80.00±10.00" in printed and "33.33" in printed and "positive class" in printed
-    assert printed.strip() == open(tmp_path / "out" / "report.txt").read().strip()
+    assert printed.strip() == trained_smoke.read_text(tmp_path / "out" / "report.txt").strip()
     # Two runs: a strict majority needs both, so only images flagged by a AND b count.
     two = majority_vote(
-        *zip(*[(json.load(open(f"{w}/eval/results.json")), _npz(w)) for w in workdirs[:2]])
+        *zip(*[(trained_smoke.read_json(f"{w}/eval/results.json"), _npz(w)) for w in workdirs[:2]])
     )
     assert two["detectors"]["semsad"]["ood"]["detection_rate"] == pytest.approx(1 / 3)
     assert two["detectors"]["semsad"]["ood"]["false_alarm_rate"] == 0.0
@@ -83,7 +83,7 @@ def test_vote_skipped_when_runs_scored_other_images(tmp_path):
     report = run_report([a, b], out_dir=str(tmp_path / "out"))
     assert "in_distribution" in report["majority_vote"]["skipped"]
     assert report["metrics"]["semsad"]["ood"]["auroc"]["mean"] == pytest.approx(0.85)
-    assert "majority vote skipped" in open(tmp_path / "out" / "report.txt").read()
+    assert "majority vote skipped" in trained_smoke.read_text(tmp_path / "out" / "report.txt")
     with pytest.raises(SemsadError, match="run --mode=eval"):
         run_report([a, str(tmp_path / "nothing")])
 
@@ -93,7 +93,7 @@ def test_report_mode_over_two_real_workdirs(tmp_path):
     runs = [trained_smoke.copy_of(evaluated, tmp_path / name) for name in ("seed0", "seed1")]
     report = pipeline.run(trained_smoke.config(), None, "report", workdirs=runs)["report"]
     assert os.path.exists(tmp_path / "report" / "report.json")
-    results = json.load(open(os.path.join(evaluated, "eval", "results.json")))
+    results = trained_smoke.read_json(os.path.join(evaluated, "eval", "results.json"))
     scores = _npz(evaluated)
     for detector, sets in results["detectors"].items():
         m = report["metrics"][detector]["digits_7_9"]
@@ -115,7 +115,9 @@ def test_protocol_configs():
     assert class_split.split_classes("vehicles") == ("airplane", "automobile", "ship", "truck")
     assert class_split.split_classes("first5") == oneclass.CLASSES[:5]
     assert class_split.split_classes("9,0") == ("airplane", "truck")
-    assert "exclude=airplane,automobile,ship,truck" in class_split.get_config("vehicles").eval.ood.rest
+    assert (
+        "exclude=airplane,automobile,ship,truck" in class_split.get_config("vehicles").eval.ood.rest
+    )
     with pytest.raises(ValueError):
         class_split.split_classes(",".join(oneclass.CLASSES))
     k = contaminated.get_config("0.1")
@@ -123,7 +125,7 @@ def test_protocol_configs():
     for config in (c, class_split.get_config(), k):
         for spec in (config.data.train, config.data.test, *config.eval.ood.values()):
             parse_spec(spec)
-    doc = open(os.path.join(ROOT, "docs", "protocols.md")).read()
+    doc = trained_smoke.read_text(os.path.join(ROOT, "docs", "protocols.md"))
     for needle in ("configs/oneclass.py:3", "configs/class_split.py", "configs/contaminated.py"):
         assert needle in doc
     assert "--mode=report --workdirs=" in doc

@@ -52,7 +52,9 @@ def test_four_devices_match_one_device(train_set):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
     # the two steps changed the parameters
     p0 = train_encoder.split_model(train_encoder.build_encoder(config))[1]
-    moved = [np.abs(a - np.asarray(b)).max() for a, b in zip(jax.tree.leaves(p4), jax.tree.leaves(p0))]
+    moved = [
+        np.abs(a - np.asarray(b)).max() for a, b in zip(jax.tree.leaves(p4), jax.tree.leaves(p0))
+    ]
     assert max(moved) > 0
 
 

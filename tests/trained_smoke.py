@@ -8,15 +8,17 @@
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 from configs import smoke
 
 _ROOT = tempfile.mkdtemp(prefix="semsad-smoke-")
 atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
-_DONE: dict[str, str] = {}
+_DONE: dict = {}
 
 
 def config(**eval_fields):
@@ -50,8 +52,25 @@ def evaluated() -> str:
     return _DONE["evaluated"]
 
 
+def detector():
+    """A Detector restored from :func:`evaluated` (shared: do not modify)."""
+    if "detector" not in _DONE:
+        from semsad_jax.detector import Detector
+
+        _DONE["detector"] = Detector.restore(evaluated())
+    return _DONE["detector"]
+
+
 def copy_of(workdir: str, destination) -> str:
     """A private copy of ``workdir`` at ``destination`` (without its lock file)."""
     destination = str(destination)
     shutil.copytree(workdir, destination, ignore=shutil.ignore_patterns(".lock"))
     return destination
+
+
+def read_text(path) -> str:
+    return Path(path).read_text()
+
+
+def read_json(path):
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,291 @@
+"""Detection quality on the shared CIFAR-10 archive: class split and one-class protocols.
+
+    python benchmarks/cifar10_quality.py --budget=cpu --out=runs/quality_cpu   # < 60 min, 2 cores
+    python benchmarks/cifar10_quality.py --budget=gpu --out=$OUT/quality       # < 8 min, one H100
+    python benchmarks/cifar10_quality.py --budget=tiny --out=/tmp/q            # smoke test
+
+Protocols (labels only choose the sets; training never sees them):
+
+- ``class_split``: in = the first five classes (airplane, automobile, bird, cat, deer), OOD = the
+  last five (their test images).
+- ``one_class_NAME``: in = one class, OOD = the test images of the nine others.
+
+For each protocol and seed, :func:`semsad_jax.pipeline.run` trains the encoder (mode ``encoder``),
+then for each bn mode a discriminator (mode ``discriminator``: ``discriminator.norm`` = "batch",
+i.e. running statistics at test time, or "batch_transductive", the authors' evaluation; the second
+workdir reuses the first one's encoder through a symbolic link) and evaluates (mode ``eval``).
+knn and mahalanobis use only the encoder, so they are reported once (bn mode "-").
+The table gives AUROC and FPR at 95% TPR (in-distribution positive) as mean +- sample standard
+deviation over seeds; ``one_class (mean)`` averages the one-class protocols per seed first.
+Writes ``OUT/results.json`` (every run's metrics, the budget, timings) and ``OUT/results.md``.
+Both are rewritten after every (protocol, seed), so a run cut short keeps what it finished.
+Workdirs live in ``OUT/work`` (or ``--work``): rerunning the same command resumes or reuses
+finished stages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.quality_table import aggregate, markdown_report
+from benchmarks.timing import ROOT, machine_info, write_json
+
+ARCHIVE = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "cifar10-jpeg.tar.gz"))
+FIRST_FIVE = ("airplane", "automobile", "bird", "cat", "deer")
+LAST_FIVE = ("dog", "frog", "horse", "ship", "truck")
+BN_MODES = {"running_stats": "batch", "transductive": "batch_transductive"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """Sizes of one quality run; ``*_limit`` = random subset size per set (0 = all images)."""
+
+    image_size: int
+    width: int
+    disc_width: int
+    train_limit: int
+    one_class_train_limit: int
+    test_limit: int
+    ood_limit: int
+    enc_batch: int
+    enc_epochs: int
+    disc_batch: int
+    disc_epochs: int
+    one_class: tuple[str, ...]
+    seeds: tuple[int, ...]
+    dtype: str = "float32"
+    disc_lr: float = 2e-4
+    feature_batch: int = 1024
+    eval_batch: int = 500
+
+
+BUDGETS = {
+    # Smoke test: seconds, meaningless numbers.
+    "tiny": Budget(
+        image_size=8,
+        width=4,
+        disc_width=4,
+        train_limit=48,
+        one_class_train_limit=48,
+        test_limit=24,
+        ood_limit=24,
+        enc_batch=16,
+        enc_epochs=1,
+        disc_batch=16,
+        disc_epochs=1,
+        one_class=("airplane",),
+        seeds=(0, 1),
+        feature_batch=64,
+        eval_batch=16,
+    ),
+    # 2-core CPU, < 60 min: 4 protocols x 2 seeds x (encoder + 2 discriminators + 2 evals).
+    "cpu": Budget(
+        image_size=16,
+        width=16,
+        disc_width=16,
+        train_limit=5000,
+        one_class_train_limit=2500,
+        test_limit=1000,
+        ood_limit=1000,
+        enc_batch=256,
+        enc_epochs=12,
+        disc_batch=128,
+        disc_epochs=6,
+        one_class=("airplane", "cat", "ship"),
+        seeds=(0, 1),
+        feature_batch=512,
+        eval_batch=500,
+    ),
+    # One H100, < 8 min (estimate in benchmarks/README.md): full sets, 32 px, width 32, bf16.
+    "gpu": Budget(
+        image_size=32,
+        width=32,
+        disc_width=32,
+        train_limit=0,
+        one_class_train_limit=0,
+        test_limit=0,
+        ood_limit=0,
+        enc_batch=512,
+        enc_epochs=30,
+        disc_batch=256,
+        disc_epochs=10,
+        one_class=("airplane", "cat", "ship"),
+        seeds=(0, 1),
+        dtype="bfloat16",
+        disc_lr=4e-4,
+    ),
+}
+
+
+def _spec(archive: str, split: str, limit: int, classes=(), exclude=()) -> str:
+    query = []
+    if classes:
+        query.append("classes=" + ",".join(classes))
+    if exclude:
+        query.append("exclude=" + ",".join(exclude))
+    if limit:
+        query.append(f"limit={limit}")
+    return f"archive:{archive}!{split}" + ("?" + "&".join(query) if query else "")
+
+
+def protocols(budget: Budget, archive: str, names: list[str] | None = None) -> dict[str, dict]:
+    """{protocol: {"train", "test", "ood": {name: spec}}} for this budget."""
+    out = {
+        "class_split": {
+            "train": _spec(archive, "train", budget.train_limit, FIRST_FIVE),
+            "test": _spec(archive, "test", budget.test_limit, FIRST_FIVE),
+            "ood": {"last_five": _spec(archive, "test", budget.ood_limit, LAST_FIVE)},
+        }
+    }
+    for cls in budget.one_class:
+        out[f"one_class_{cls}"] = {
+            "train": _spec(archive, "train", budget.one_class_train_limit, (cls,)),
+            "test": _spec(archive, "test", budget.test_limit, (cls,)),
+            "ood": {"other_nine": _spec(archive, "test", budget.ood_limit, exclude=(cls,))},
+        }
+    if names:
+        unknown = sorted(set(names) - set(out))
+        if unknown:
+            raise SystemExit(f"unknown --protocols {unknown}; choose from {', '.join(out)}")
+        out = {k: v for k, v in out.items() if k in names}
+    return out
+
+
+def make_config(budget: Budget, protocol: dict, seed: int, norm: str):
+    """The full semsad-jax config of one run (default config + the budget's overrides)."""
+    from configs import default
+
+    c = default.get_config()
+    c.seed, c.dtype, c.progress = seed, budget.dtype, False
+    c.data.train, c.data.test, c.data.image_size = (
+        protocol["train"],
+        protocol["test"],
+        budget.image_size,
+    )
+    e = c.encoder
+    e.width, e.batch_size, e.epochs, e.temperature = (
+        budget.width,
+        budget.enc_batch,
+        budget.enc_epochs,
+        0.5,
+    )
+    e.checkpoint_every_steps, e.log_every_steps, e.knn_k = 1000, 50, 20
+    s = c.discriminator
+    s.depth, s.width, s.norm = 18, budget.disc_width, norm
+    s.batch_size, s.epochs, s.learning_rate = budget.disc_batch, budget.disc_epochs, budget.disc_lr
+    s.lr_boundaries = tuple(sorted({max(1, int(budget.disc_epochs * f)) for f in (0.6, 0.9)}))
+    s.lr_scales = (0.2, 0.1)[: len(s.lr_boundaries)]
+    s.checkpoint_every_steps, s.log_every_steps = 1000, 50
+    s.feature_batch_size = budget.feature_batch
+    c.eval.batch_size, c.eval.plots = budget.eval_batch, False
+    for name, spec in protocol["ood"].items():
+        c.eval.ood[name] = spec
+    return c
+
+
+def run_one(
+    work_root: str, name: str, protocol: dict, seed: int, budget: Budget, bn_modes: list[str]
+) -> list[dict]:
+    """Encoder, then discriminator + eval per bn mode; returns one record per (detector, ood)."""
+    from semsad_jax import pipeline
+
+    base = os.path.join(work_root, name, f"seed{seed}")
+    records, first_dir = [], None
+    for i, mode in enumerate(bn_modes):
+        workdir = os.path.join(base, mode)
+        config = make_config(budget, protocol, seed, BN_MODES[mode])
+        t0 = time.time()
+        if first_dir is None:
+            pipeline.run(config, workdir, "encoder")
+            first_dir = workdir
+        elif not os.path.exists(os.path.join(workdir, "encoder")):
+            os.makedirs(workdir, exist_ok=True)
+            os.symlink(os.path.join(first_dir, "encoder"), os.path.join(workdir, "encoder"))
+        t1 = time.time()
+        pipeline.run(config, workdir, "discriminator")
+        t2 = time.time()
+        results = pipeline.run(config, workdir, "eval")["eval"]
+        t3 = time.time()
+        for detector, per_ood in results["detectors"].items():
+            if detector != "semsad" and i > 0:
+                continue  # baselines depend only on the encoder: reported once
+            for ood, metrics in per_ood.items():
+                records.append(
+                    {
+                        "protocol": name,
+                        "seed": seed,
+                        "detector": detector,
+                        "ood": ood,
+                        "bn_mode": mode if detector == "semsad" else "-",
+                        **{k: metrics[k] for k in ("auroc", "fpr95", "aupr_in", "aupr_out")},
+                        "seconds": {
+                            "encoder": round(t1 - t0, 1),
+                            "discriminator": round(t2 - t1, 1),
+                            "eval": round(t3 - t2, 1),
+                        },
+                    }
+                )
+    return records
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
+    p.add_argument("--out", required=True, help="output folder (results.json, results.md, work/)")
+    p.add_argument("--archive", default=ARCHIVE, help=f"CIFAR-10 JPEG archive (default {ARCHIVE})")
+    p.add_argument("--seeds", default=None, help="comma-separated; default: the budget's")
+    p.add_argument("--protocols", default=None, help="comma-separated subset of the protocols")
+    p.add_argument("--bn-modes", default=",".join(BN_MODES))
+    p.add_argument("--work", default=None, help="workdirs' root (default OUT/work)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    budget = BUDGETS[args.budget]
+    archive = os.path.abspath(os.path.expanduser(args.archive))
+    if not os.path.exists(archive):
+        raise SystemExit(f"CIFAR-10 archive not found at {archive}; pass --archive=PATH")
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(budget.seeds)
+    bn_modes = [m for m in args.bn_modes.split(",") if m]
+    if set(bn_modes) - set(BN_MODES):
+        raise SystemExit(f"--bn-modes: choose from {', '.join(BN_MODES)}")
+    protos = protocols(budget, archive, args.protocols.split(",") if args.protocols else None)
+    os.makedirs(args.out, exist_ok=True)
+    work_root = args.work or os.path.join(args.out, "work")
+    t0, records = time.time(), []
+    for name, protocol in protos.items():
+        for seed in seeds:
+            records += run_one(work_root, name, protocol, seed, budget, bn_modes)
+            result = write_results(args, budget, seeds, protos, records, t0)  # partial results too
+    print(markdown_report(result))
+    return result
+
+
+def write_results(args, budget: Budget, seeds, protos, records, t0: float) -> dict:
+    """Writes OUT/results.json and OUT/results.md for the records so far; returns the result."""
+    result = {
+        "budget_name": args.budget,
+        "budget": dataclasses.asdict(budget),
+        "seeds": seeds,
+        "protocols": protos,
+        "machine": machine_info(),
+        "minutes": round((time.time() - t0) / 60, 2),
+        "summary": aggregate(records),
+        "records": records,
+    }
+    write_json(os.path.join(args.out, "results.json"), result)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(markdown_report(result) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Every GPU benchmark in one command (about 8 minutes on a bare H100 machine, no network):
+#
+#   bash benchmarks/gpu.sh OUTDIR
+#
+# Needs, in the repository root (both git-ignored, so a caller must bring them along):
+#   wheels/                    filled by `bash benchmarks/fetch_wheels.sh` (ml_collections, dm-pix)
+#   data/cifar10-jpeg.tar.gz   a copy of ../shared/data/cifar10-jpeg.tar.gz
+#                              (mkdir -p data && cp ../shared/data/cifar10-jpeg.tar.gz data/)
+# With the device tool: carry ["wheels", "data"], command `bash benchmarks/gpu.sh $OUT`.
+# Writes into OUTDIR (at most 8 files, no deeper than OUTDIR/quality/):
+#   env.txt, throughput.{json,md,log}, quality.log, quality/results.{json,md}
+# Each phase has a time limit (seconds: PHASE_THROUGHPUT, PHASE_QUALITY); a phase cut short keeps
+# what it wrote. DRY_RUN=1 prints the commands without running them.
+set -uo pipefail
+OUTDIR=${1:?usage: bash benchmarks/gpu.sh OUTDIR}
+cd "$(dirname "$0")/.."
+mkdir -p "$OUTDIR"
+OUTDIR=$(cd "$OUTDIR" && pwd)
+PY=${PYTHON:-python3}
+ARCHIVE=${CIFAR_ARCHIVE:-data/cifar10-jpeg.tar.gz}
+PHASE_THROUGHPUT=${PHASE_THROUGHPUT:-190}
+PHASE_QUALITY=${PHASE_QUALITY:-250}
+export PYTHONUNBUFFERED=1 SEMSAD_CACHE=${SEMSAD_CACHE:-/tmp/semsad_cache}
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/semsad_jax_cache}
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.6}  # torch shares the GPU
+run() { echo "+ $*"; [ "${DRY_RUN:-0}" = 1 ] || "$@"; }
+
+if ls wheels/*.whl >/dev/null 2>&1; then
+  run "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/semsad_site wheels/*.whl || exit 1
+  export PYTHONPATH=/tmp/semsad_site${PYTHONPATH:+:$PYTHONPATH}
+fi
+{
+  date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
+  "$PY" -c "import jax, flax, optax, ml_collections, dm_pix, sklearn; print('jax', jax.__version__, jax.devices())" 2>&1
+  "$PY" -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())" 2>&1
+  nproc; uptime
+} | tee "$OUTDIR/env.txt"
+[ -f "$ARCHIVE" ] || echo "warning: $ARCHIVE missing: the quality phase will fail" | tee -a "$OUTDIR/env.txt"
+
+# 1. Throughput, float32 + bfloat16, with the PyTorch peer (torchvision when importable).
+run timeout "$PHASE_THROUGHPUT" "$PY" benchmarks/throughput.py --preset=gpu --torch \
+  --dtypes=bfloat16,float32 --torch-dtypes=float32,bfloat16 --out="$OUTDIR/throughput.json" \
+  --markdown="$OUTDIR/throughput.md" 2>&1 | tee "$OUTDIR/throughput.log"
+
+# 2. Quality, GPU budget (workdirs outside OUTDIR: checkpoints are large and deep).
+run timeout "$PHASE_QUALITY" "$PY" benchmarks/cifar10_quality.py --budget=gpu \
+  --archive="$ARCHIVE" --out="$OUTDIR/quality" --work=/tmp/semsad_quality_work \
+  2>&1 | tee "$OUTDIR/quality.log"
+echo "done: $(ls "$OUTDIR" "$OUTDIR/quality" 2>/dev/null | tr '\n' ' ')"

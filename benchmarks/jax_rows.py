@@ -1,0 +1,165 @@
+"""The JAX rows of ``throughput.py``: each function times one hot path and returns a result row.
+
+``args`` is throughput's parsed namespace (sizes, ``warmup`` / ``repeats`` / ``calls``); images
+are uint8 [N, S, S, 3] host arrays; ``mesh`` is the 1-D data mesh the rows run on.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from benchmarks.timing import row, time_call
+
+
+def encoder_config(args, dtype: str, augment: str = "encoder"):
+    from configs import default
+
+    c = default.get_config()
+    c.dtype = dtype
+    c.data.image_size = args.image_size
+    e = c.encoder
+    e.depth, e.width, e.batch_size, e.head = args.depth, args.width, args.batch, args.head
+    e.temperature, e.augment = 0.5, augment
+    d = c.discriminator
+    d.depth, d.width, d.batch_size = args.disc_depth, args.disc_width, args.disc_batch
+    d.norm = args.disc_norm
+    return c
+
+
+def bench_encoder(args, dtype: str, images: np.ndarray, mesh, augment: str) -> dict:
+    import jax
+
+    from semsad_jax import parallel, train_encoder
+
+    config = encoder_config(args, dtype, augment)
+    graphdef, tx, state = train_encoder.init_state(config, len(images) // args.batch, mesh)
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    step_fn = train_encoder.make_train_step(graphdef, tx, config, len(images), mesh, shardings)
+    on_device = parallel.replicate(images, mesh)
+    holder = {"state": state, "step": 0}
+
+    def call():
+        holder["state"], metrics = step_fn(holder["state"], on_device, np.int32(holder["step"]))
+        holder["step"] += 1
+        return metrics["loss"]
+
+    t = time_call(call, **timing_kwargs(args))
+    name = "encoder_train" if augment == "encoder" else "encoder_step_no_aug"
+    return row(
+        name,
+        dtype,
+        2 * args.batch,
+        "views",
+        t,
+        width=args.width,
+        batch=args.batch,
+        image_size=args.image_size,
+        depth=args.depth,
+    )
+
+
+def bench_discriminator(args, dtype: str, images: np.ndarray, mesh) -> dict:
+    from benchmarks import disc_step
+
+    config = encoder_config(args, dtype)
+    call, pairs, source = disc_step.make_benchmark_call(config, images, mesh)
+    t = time_call(call, **timing_kwargs(args))
+    return row(
+        "discriminator_train",
+        dtype,
+        pairs,
+        "pairs",
+        t,
+        width=args.disc_width,
+        batch=args.disc_batch,
+        depth=args.disc_depth,
+        norm=args.disc_norm,
+        step_source=source,
+    )
+
+
+def bench_augment(args, dtype: str, images: np.ndarray, mesh) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from semsad_jax import parallel
+    from semsad_jax.augment import augment_batch
+
+    n = args.aug_batch
+    batch = parallel.shard_batch(images[np.arange(n) % len(images)], mesh)
+    root = jax.random.key(0)
+    counter = iter(range(1 << 30))
+    call = lambda: augment_batch(
+        jax.random.fold_in(root, next(counter)), batch, "encoder", dtype=jnp.dtype(dtype)
+    )
+    return row("augment", dtype, n, "images", time_call(call, **timing_kwargs(args)))
+
+
+def bench_bank(args, dtype: str, images: np.ndarray, mesh) -> dict:
+    import jax.numpy as jnp
+
+    from semsad_jax import train_encoder
+    from semsad_jax.features import compute_features
+    from semsad_jax.trainer import split_model
+
+    config = encoder_config(args, dtype)
+    graphdef, params, stats = split_model(train_encoder.build_encoder(config))
+    bank_images = images[np.arange(args.bank_images) % len(images)]
+    call = lambda: compute_features(
+        graphdef,
+        params,
+        stats,
+        bank_images,
+        mesh=mesh,
+        batch_size=config.discriminator.feature_batch_size,
+        dtype=jnp.dtype(dtype),
+    )
+    return row(
+        "feature_bank", dtype, len(bank_images), "images", time_call(call, **timing_kwargs(args))
+    )
+
+
+def random_bank(size: int, dim: int = 128, seed: int = 0) -> np.ndarray:
+    """float32 [size, dim] unit rows (random Gaussian directions)."""
+    bank = np.random.default_rng(seed).normal(size=(size, dim)).astype(np.float32)
+    return bank / np.linalg.norm(bank, axis=1, keepdims=True)
+
+
+def bench_knn(args, dtype: str, bank: np.ndarray, mesh, with_sklearn: bool) -> list[dict]:
+    import jax.numpy as jnp
+
+    from semsad_jax.neighbors import top_k_cosine
+
+    k = 4
+    data = bank if dtype == "float32" else np.asarray(jnp.asarray(bank, jnp.dtype(dtype)))
+    call = lambda: top_k_cosine(data, data, k, exclude_self=True, mesh=mesh)
+    rows = [row("knn_top4", dtype, len(bank), "queries", time_call(call, **timing_kwargs(args)))]
+    if with_sklearn and dtype == "float32":
+        from sklearn.neighbors import NearestNeighbors
+
+        search = NearestNeighbors(n_neighbors=k, algorithm="brute", metric="cosine")
+        sk_call = lambda: search.fit(bank).kneighbors(return_distance=True)  # X=None: no self
+        t = time_call(
+            sk_call, sync=lambda _: None, warmup=min(args.warmup, 1), repeats=args.repeats, calls=1
+        )
+        _, ours = top_k_cosine(bank, bank, k, exclude_self=True, mesh=mesh)
+        _, theirs = sk_call()
+        same_rows = float(np.mean(np.all(ours == theirs, axis=1)))
+        same_sets = float(np.mean(np.all(np.sort(ours, 1) == np.sort(theirs, 1), axis=1)))
+        rows[0].update(identical_rows_vs_sklearn=same_rows, identical_sets_vs_sklearn=same_sets)
+        rows.append(
+            row(
+                "knn_top4",
+                dtype,
+                len(bank),
+                "queries",
+                t,
+                framework="sklearn",
+                identical_rows_vs_ours=same_rows,
+            )
+        )
+    return rows
+
+
+def timing_kwargs(args) -> dict:
+    return dict(warmup=args.warmup, repeats=args.repeats, calls=args.calls)

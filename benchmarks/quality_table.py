@@ -1,0 +1,84 @@
+"""Aggregation of quality records over seeds, and the markdown report of ``cifar10_quality.py``.
+
+A record is one (protocol, seed, detector, bn_mode, ood) with float metrics ``auroc``, ``fpr95``
+(fractions in [0, 1]). :func:`aggregate` gives mean and sample standard deviation (ddof 1; 0 for a
+single seed) over seeds per (protocol, detector, bn_mode, ood), plus a ``one_class (mean)``
+protocol: per seed, the mean over the ``one_class_*`` protocols, then mean and spread over seeds.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+METRICS = ("auroc", "fpr95")
+ONE_CLASS_MEAN = "one_class (mean)"
+
+
+def _spread(values: list[float]) -> tuple[float, float]:
+    arr = np.asarray(values, np.float64)
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
+def aggregate(records: list[dict]) -> list[dict]:
+    """Rows {protocol, detector, bn_mode, ood, seeds, auroc_mean, auroc_std, fpr95_mean, ...}."""
+    groups: dict[tuple, dict[int, dict]] = defaultdict(dict)
+    for r in records:
+        groups[(r["protocol"], r["detector"], r["bn_mode"], r["ood"])][r["seed"]] = r
+    one_class: dict[tuple, dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for (protocol, detector, mode, _), by_seed in groups.items():
+        if protocol.startswith("one_class_"):
+            for seed, r in by_seed.items():
+                one_class[(detector, mode)][seed].append(r)
+    rows = []
+    for (protocol, detector, mode, ood), by_seed in groups.items():
+        row = {
+            "protocol": protocol,
+            "detector": detector,
+            "bn_mode": mode,
+            "ood": ood,
+            "seeds": len(by_seed),
+        }
+        for m in METRICS:
+            row[f"{m}_mean"], row[f"{m}_std"] = _spread([r[m] for r in by_seed.values()])
+        rows.append(row)
+    for (detector, mode), by_seed in one_class.items():
+        row = {
+            "protocol": ONE_CLASS_MEAN,
+            "detector": detector,
+            "bn_mode": mode,
+            "ood": "other_nine",
+            "seeds": len(by_seed),
+            "classes": max(len(v) for v in by_seed.values()),
+        }
+        for m in METRICS:
+            per_seed = [float(np.mean([r[m] for r in rs])) for rs in by_seed.values()]
+            row[f"{m}_mean"], row[f"{m}_std"] = _spread(per_seed)
+        rows.append(row)
+    order = {"semsad": 0, "knn": 1, "mahalanobis": 2}
+    rows.sort(key=lambda r: (r["protocol"], order.get(r["detector"], 9), r["bn_mode"]))
+    return rows
+
+
+def markdown_report(result: dict) -> str:
+    """Header (budget, machine, minutes) and one table: AUROC / FPR95 in %, mean +- std."""
+    b, m = result["budget"], result["machine"]
+    lines = [
+        f"# CIFAR-10 quality, budget {result['budget_name']}: {b['image_size']} px, encoder width "
+        f"{b['width']} x {b['enc_epochs']} epochs (batch {b['enc_batch']}), discriminator width "
+        f"{b['disc_width']} x {b['disc_epochs']} epochs, {b['dtype']}, seeds {result['seeds']}",
+        "",
+        f"Machine: {m['backend']} ({', '.join(sorted(set(m['devices'])))}), {m['cpu_count']} CPUs; "
+        f"{result['minutes']} minutes. AUROC and FPR at 95% TPR in %, in-distribution = positive; "
+        "mean +- sample std over seeds.",
+        "",
+        "| protocol | detector | bn mode | OOD | AUROC | FPR95 | seeds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in result["summary"]:
+        cells = [r["protocol"], r["detector"], r["bn_mode"], r["ood"]]
+        cells += [f"{100 * r[f'{k}_mean']:.1f} +- {100 * r[f'{k}_std']:.1f}" for k in METRICS]
+        cells.append(str(r["seeds"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,235 @@
+"""Smoke tests of benchmarks/: each script runs with a minimal budget; helpers against references."""
+
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+from benchmarks import cifar10_quality, quality_table, throughput
+from benchmarks.timing import time_call
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_throughput_tiny_and_knn_matches_sklearn(tmp_path):
+    out = tmp_path / "t.json"
+    result = throughput.main(
+        # one device and no discriminator row: XLA compiles dominate (~15 s CPU per ResNet step)
+        [
+            "--preset=tiny",
+            "--devices=1",
+            "--dtypes=float32",
+            "--benches=encoder,augment,knn",
+            f"--out={out}",
+        ]
+    )
+    rows = {(r["framework"], r["bench"]): r for r in result["rows"]}
+    assert set(rows) == {
+        ("jax", "encoder_train"),
+        ("jax", "augment"),
+        ("jax", "knn_top4"),
+        ("sklearn", "knn_top4"),
+    }
+    assert rows[("jax", "encoder_train")]["items_per_call"] == 2 * 16  # two views per image
+    assert result["num_devices"] == 1
+    assert all(r["items_per_s"] > 0 for r in rows.values())
+    # random Gaussian bank: no ties, so the exact search must equal scikit-learn's brute force
+    assert rows[("jax", "knn_top4")]["identical_rows_vs_sklearn"] == 1.0
+    (ratio,) = [c for c in result["comparisons"] if c["comparison"].startswith("top-4")]
+    expected = (
+        rows[("jax", "knn_top4")]["items_per_s"] / rows[("sklearn", "knn_top4")]["items_per_s"]
+    )
+    assert ratio["ratio"] == pytest.approx(expected, rel=1e-2)
+    assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(result["rows"]))
+
+
+def test_time_call_reports_median_of_rounds():
+    durations = iter([0.0, 0.03, 0.01, 0.02])  # warm-up, then three rounds
+
+    def fn():
+        import time
+
+        time.sleep(next(durations))
+
+    t = time_call(fn, warmup=1, repeats=3, calls=1, sync=lambda _: None)
+    assert t.repeats == 3 and 0.019 <= t.median_s < 0.03 and t.min_s < t.median_s < t.max_s
+
+
+def test_aggregate_mean_and_spread_against_numpy():
+    rng = np.random.default_rng(0)
+    records = []
+    for seed in (0, 1, 2):
+        for protocol in ("class_split", "one_class_a", "one_class_b"):
+            records.append(
+                {
+                    "protocol": protocol,
+                    "seed": seed,
+                    "detector": "semsad",
+                    "bn_mode": "running_stats",
+                    "ood": "x",
+                    "auroc": float(rng.uniform()),
+                    "fpr95": float(rng.uniform()),
+                }
+            )
+    rows = {r["protocol"]: r for r in quality_table.aggregate(records)}
+    split = [r["auroc"] for r in records if r["protocol"] == "class_split"]
+    assert rows["class_split"]["auroc_mean"] == pytest.approx(np.mean(split))
+    assert rows["class_split"]["auroc_std"] == pytest.approx(np.std(split, ddof=1))
+    per_seed = [
+        np.mean([r["fpr95"] for r in records if r["seed"] == s and "one" in r["protocol"]])
+        for s in (0, 1, 2)
+    ]
+    mean_row = rows[quality_table.ONE_CLASS_MEAN]
+    assert mean_row["fpr95_mean"] == pytest.approx(np.mean(per_seed))
+    assert mean_row["fpr95_std"] == pytest.approx(np.std(per_seed, ddof=1))
+    assert mean_row["classes"] == 2 and mean_row["seeds"] == 3
+
+
+def test_quality_protocol_specs():
+    budget = cifar10_quality.BUDGETS["cpu"]
+    protos = cifar10_quality.protocols(budget, "/x.tgz")
+    assert len([p for p in protos if p.startswith("one_class_")]) >= 3
+    split = protos["class_split"]
+    assert (
+        split["train"]
+        == "archive:/x.tgz!train?classes=airplane,automobile,bird,cat,deer&limit=5000"
+    )
+    assert split["ood"]["last_five"].startswith(
+        "archive:/x.tgz!test?classes=dog,frog,horse,ship,truck"
+    )
+    assert protos["one_class_cat"]["ood"]["other_nine"].startswith(
+        "archive:/x.tgz!test?exclude=cat"
+    )
+    config = cifar10_quality.make_config(budget, split, seed=3, norm="batch_transductive")
+    assert (config.seed, config.discriminator.norm, config.data.image_size) == (
+        3,
+        "batch_transductive",
+        16,
+    )
+
+
+def test_quality_orchestration_with_stubbed_pipeline(tmp_path, monkeypatch):
+    """The tiny budget's protocol x seed x bn-mode loop, records and outputs (training stubbed:
+    a real tiny run takes minutes on 2 cores; see benchmarks/README.md for the command)."""
+    from semsad_jax import pipeline
+
+    calls = []
+
+    def fake_run(config, workdir, mode):
+        calls.append((mode, config.seed, config.discriminator.norm, workdir))
+        if mode == "encoder":
+            os.makedirs(os.path.join(workdir, "encoder"))
+            return {"encoder": {}}
+        if mode == "discriminator":
+            assert os.path.isdir(os.path.join(workdir, "encoder"))  # own or linked encoder
+            return {"discriminator": {}}
+        shift = 0.1 * config.seed + (0.05 if config.discriminator.norm != "batch" else 0.0)
+        metrics = {"auroc": 0.6 + shift, "fpr95": 0.5 - shift, "aupr_in": 0.6, "aupr_out": 0.6}
+        detectors = {d: {"last_five": dict(metrics)} for d in ("semsad", "knn", "mahalanobis")}
+        return {"eval": {"detectors": detectors}}
+
+    monkeypatch.setattr(pipeline, "run", fake_run)
+    result = cifar10_quality.main(
+        ["--budget=tiny", f"--out={tmp_path}", "--protocols=class_split", "--archive", __file__]
+    )
+    assert [c[:3] for c in calls if c[1] == 0] == [
+        ("encoder", 0, "batch"),
+        ("discriminator", 0, "batch"),
+        ("eval", 0, "batch"),
+        ("discriminator", 0, "batch_transductive"),
+        ("eval", 0, "batch_transductive"),
+    ]
+    assert os.path.islink(
+        os.path.join(tmp_path, "work", "class_split", "seed1", "transductive", "encoder")
+    )
+    rows = {(r["detector"], r["bn_mode"]): r for r in result["summary"]}
+    assert set(rows) == {
+        ("semsad", "running_stats"),
+        ("semsad", "transductive"),
+        ("knn", "-"),
+        ("mahalanobis", "-"),
+    }
+    semsad = rows[("semsad", "transductive")]
+    assert semsad["seeds"] == 2 and semsad["auroc_mean"] == pytest.approx(0.70)
+    assert semsad["auroc_std"] == pytest.approx(np.std([0.65, 0.75], ddof=1))
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert len(saved["records"]) == 2 * 4  # 2 seeds x (semsad x 2 modes + 2 baselines)
+    assert (
+        "| class_split | semsad | transductive | last_five | 70.0 +- 7.1 |"
+        in (tmp_path / "results.md").read_text()
+    )
+
+
+def test_torch_reference_matches_ours():
+    torch = pytest.importorskip("torch")
+    from flax import nnx
+
+    from benchmarks import torch_reference
+    from semsad_jax.losses import infonce
+    from semsad_jax.models import ResNet, count_params
+
+    # the same CIFAR ResNet-18 + linear head: identical parameter counts (independent code)
+    ours = count_params(ResNet(width=8, head="linear", out_dim=128, rngs=nnx.Rngs(0)))
+    theirs = torch_reference.CifarResNet18(width=8, out_dim=128)
+    assert ours == sum(p.numel() for p in theirs.parameters())
+    # the authors' loss is our "infonce" at the same temperature
+    z1, z2 = np.random.default_rng(0).normal(size=(2, 12, 5)).astype(np.float32)
+    ref = torch_reference.nce_loss(torch.from_numpy(z1), torch.from_numpy(z2), 0.5).item()
+    assert float(infonce(z1, z2, 0.5)) == pytest.approx(ref, rel=1e-5)
+    # scale=(1, 1) crops of a square image are the whole image (torchvision's fallback)
+    from PIL import Image
+
+    image = np.random.default_rng(1).integers(0, 256, (8, 8, 3), np.uint8)
+    _, t_org = torch_reference.authors_transforms(8, prefer_torchvision=False)
+    np.testing.assert_allclose(t_org(Image.fromarray(image)).permute(1, 2, 0).numpy(), image / 255)
+
+
+def test_torch_peer_rows():
+    pytest.importorskip("torch")
+    from benchmarks import torch_peer
+
+    images = np.random.default_rng(0).integers(0, 256, (32, 8, 8, 3), np.uint8)
+    rows = torch_peer.bench_torch(
+        images,
+        batch=8,
+        width=4,
+        dtypes=["float32"],
+        workers=0,
+        timing=dict(warmup=1, repeats=1, calls=1),
+        threads=1,
+    )
+    assert {r["bench"] for r in rows} == {
+        "augment_pil_one_process",
+        "encoder_step_no_aug",
+        "encoder_train_device_aug",
+        "encoder_train_dataloader",
+    }
+    assert all(r["items_per_call"] == 16 and r["items_per_s"] > 0 for r in rows)
+
+
+def test_device_augment_ranges():
+    torch = pytest.importorskip("torch")
+    from benchmarks.torch_device_augment import device_augment
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (64, 8, 8, 3), dtype=torch.uint8)
+    out = device_augment(x)
+    assert out.shape == (64, 3, 8, 8) and out.min() >= 0 and out.max() <= 1
+    gray = (out[:, 0] == out[:, 1]).flatten(1).all(1) & (out[:, 1] == out[:, 2]).flatten(1).all(1)
+    assert 0 < int(gray.sum()) < 64  # RandomGrayscale(p=0.2) hit some, not all
+
+
+def test_gpu_script_dry_run(tmp_path):
+    for script in ("gpu.sh", "fetch_wheels.sh"):
+        subprocess.run(["bash", "-n", os.path.join(ROOT, "benchmarks", script)], check=True)
+    out = subprocess.run(
+        ["bash", os.path.join(ROOT, "benchmarks", "gpu.sh"), str(tmp_path)],
+        env={**os.environ, "DRY_RUN": "1", "PYTHON": "true"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "benchmarks/throughput.py --preset=gpu --torch" in out
+    assert "benchmarks/cifar10_quality.py --budget=gpu" in out

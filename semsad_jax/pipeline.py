@@ -78,7 +78,8 @@ def run(
 ) -> dict:
     """Runs ``mode`` on ``workdir``; returns the stage summaries by name."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    for noisy in ("absl", "jax._src.xla_bridge", "orbax"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if mode not in MODES:
         raise SemsadError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}.")
     if mode == "report":

@@ -48,6 +48,7 @@ from semsad_jax.trainer import (
     MetricsWriter,
     make_optimizer,
     model_stats,
+    resume,
     run_loop,
     split_model,
     tree_is_finite,
@@ -245,11 +246,7 @@ def train_discriminator(
 
     graphdef, tx, state = init_state(config, spe, mesh)
     ckpts = StageCheckpoints(stage_dir, keep=int(s.keep_checkpoints))
-    restored = ckpts.restore(state)
-    start = 0
-    if restored is not None:
-        state, start = restored
-        log.info("resuming discriminator from step %d of %d", start, total)
+    state, start = resume(STAGE, ckpts, state, total)
     base = {"identity": identity, "total_steps": total, "encoder_digest": digest}
     write_json(os.path.join(stage_dir, "stage.json"), {**base, "finished": False})
     images = parallel.replicate(bank.images, mesh)

@@ -28,12 +28,13 @@ from semsad_jax.data import ImageSet
 from semsad_jax.errors import SemsadError
 from semsad_jax.features import compute_features
 from semsad_jax.losses import contrastive_loss
-from semsad_jax.monitor import pixel_knn_accuracy, weighted_knn_accuracy
 from semsad_jax.models import make_encoder
+from semsad_jax.monitor import pixel_knn_accuracy, weighted_knn_accuracy
 from semsad_jax.trainer import (
     MetricsWriter,
     make_optimizer,
     model_stats,
+    resume,
     run_loop,
     split_model,
     tree_is_finite,
@@ -192,11 +193,7 @@ def train_encoder(
 
     graphdef, tx, state = init_state(config, steps_per_epoch, mesh)
     ckpts = StageCheckpoints(stage_dir, keep=int(enc.keep_checkpoints))
-    restored = ckpts.restore(state)
-    start = 0
-    if restored is not None:
-        state, start = restored
-        log.info("resuming encoder from step %d of %d", start, total)
+    state, start = resume(STAGE, ckpts, state, total)
     write_json(
         os.path.join(stage_dir, "stage.json"),
         {"identity": identity, "total_steps": total, "finished": False},

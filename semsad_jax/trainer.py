@@ -224,6 +224,27 @@ class Interrupted(Exception):
     """Training stopped by SIGTERM / SIGINT after saving a checkpoint."""
 
 
+def resume(
+    name: str, checkpoints: StageCheckpoints, state: TrainState, total_steps: int
+) -> tuple[TrainState, int]:
+    """(state, start step): the newest readable checkpoint of the stage, or ``state`` at step 0.
+
+    Refuses a checkpoint beyond ``total_steps`` (a config with fewer epochs than it was trained with)
+    before anything is written, so the stage on disk stays as it was.
+    """
+    restored = checkpoints.restore(state)
+    if restored is None:
+        return state, 0
+    state, start = restored
+    if start > total_steps:
+        raise SemsadError(
+            f"{name}: the checkpoint is at step {start}, beyond this config's {total_steps} "
+            f"steps (it was trained longer); use its epochs, or --overwrite to retrain."
+        )
+    log.info("resuming %s from step %d of %d", name, start, total_steps)
+    return state, start
+
+
 def run_loop(
     *,
     name: str,
@@ -246,11 +267,6 @@ def run_loop(
     :class:`SemsadError` without saving (the last good checkpoint stays); SIGTERM / Ctrl-C saves the
     current step and raises :class:`Interrupted`.
     """
-    if start_step > total_steps:
-        raise SemsadError(
-            f"{name}: the checkpoint is at step {start_step}, beyond this config's {total_steps} "
-            f"steps (it was trained longer); use its epochs, or --overwrite to retrain."
-        )
     bar = Progress(name, total_steps, start_step, progress)
     t_last, step_last = time.time(), start_step
     step = start_step

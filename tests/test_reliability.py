@@ -401,8 +401,10 @@ def test_workdir_of_another_width_is_refused_even_without_stage_json(finished_co
 def test_finished_stage_with_fewer_epochs_is_refused_and_kept(finished_copy, reference):
     workdir, config, train = finished_copy
     config.encoder.epochs = 2  # 8 steps, but the workdir holds 24
+    recorded = (workdir / "encoder" / "stage.json").read_text()
     with pytest.raises(SemsadError, match="step 24, beyond this config's 8 steps"):
         train_encoder.train_encoder(config, str(workdir), train)
+    assert (workdir / "encoder" / "stage.json").read_text() == recorded  # nothing rewritten
     config.encoder.epochs = 6  # the original config reuses it, untouched
     summary = train_encoder.train_encoder(config, str(workdir), train)
     assert summary["finished"] and summary["total_steps"] == TOTAL_STEPS

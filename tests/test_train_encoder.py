@@ -86,7 +86,7 @@ def test_train_writes_checkpoints_metrics_and_knn(train_set, tmp_path):
     pipeline.run(config, str(tmp_path), "encoder")
     assert (stage / "4").stat().st_mtime == mtime
     # another architecture in the same workdir is refused, nothing overwritten
-    with pytest.raises(SemsadError, match="encoder.width"):
+    with pytest.raises(SemsadError, match=r"encoder\.width"):
         pipeline.run(_config(width=8), str(tmp_path), "encoder")
     assert (stage / "4").exists()
 

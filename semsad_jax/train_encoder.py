@@ -82,11 +82,10 @@ def make_train_step(
     steps_per_epoch = num_images // batch
     spec = get_spec(enc.augment)
     dtype = compute_dtype(config)
-    root = jax.random.key(config.seed)
-    data_key, aug_key = jax.random.fold_in(root, 1), jax.random.fold_in(root, 2)
     sharded = parallel.batch_sharding(mesh)
 
-    def step_fn(state, images, step):
+    def step_fn(state, images, step, root):
+        data_key, aug_key = jax.random.fold_in(root, 1), jax.random.fold_in(root, 2)
         epoch, within = step // steps_per_epoch, step % steps_per_epoch
         order = jax.random.permutation(jax.random.fold_in(data_key, epoch), num_images)
         idx = jax.lax.dynamic_slice(order, (within * batch,), (batch,))
@@ -110,7 +109,11 @@ def make_train_step(
         return new, {"loss": loss, "finite": tree_is_finite(params) & jnp.isfinite(loss)}
 
     rep = parallel.replicated(mesh)
-    return jax.jit(step_fn, donate_argnums=(0,), out_shardings=(state_sharding, rep))
+    jitted = jax.jit(step_fn, donate_argnums=(0,), out_shardings=(state_sharding, rep))
+    # The seed's key is an argument, not a constant of the program: runs with other seeds compile
+    # to the same program (a hit in JAX's persistent compilation cache when it is on).
+    root = jax.device_put(jax.random.key(int(config.seed)), rep)
+    return lambda state, images, step: jitted(state, images, step, root)
 
 
 def init_state(config: Any, steps_per_epoch: int, mesh: Mesh):

@@ -259,6 +259,19 @@ def check_stage_identity(
     return meta
 
 
+def open_stage(stage_dir: str, identity: dict, stage: str, overwrite: bool) -> dict | None:
+    """The recorded metadata of a stage that may be resumed or reused, or None for a fresh stage.
+
+    Refuses a stage trained with another identity (see :func:`check_stage_identity`); with
+    ``overwrite`` the old stage directory is moved aside (never deleted) and the stage starts afresh.
+    """
+    meta = check_stage_identity(stage_dir, identity, stage, overwrite)
+    if overwrite and meta is not None:
+        move_aside(stage_dir)
+        return None
+    return meta
+
+
 def move_aside(path: str) -> str | None:
     """Renames ``path`` to ``path.old-<time>`` (never deletes); returns the new name or None."""
     if not os.path.exists(path) or jax.process_index() != 0:

@@ -33,7 +33,7 @@ from semsad_jax.bank import bank_dir, build_bank
 from semsad_jax.checkpoints import (
     StageCheckpoints,
     check_stage_identity,
-    move_aside,
+    open_stage,
     read_json,
     write_json,
 )
@@ -46,6 +46,7 @@ from semsad_jax.pairs import pair_settings, sample_pairs, stack_pair
 from semsad_jax.train_encoder import compute_dtype, encoder_identity, load_encoder
 from semsad_jax.trainer import (
     MetricsWriter,
+    check_batch_size,
     make_optimizer,
     model_stats,
     resume,
@@ -217,20 +218,12 @@ def train_discriminator(
     mesh = mesh or parallel.make_mesh()
     s = config.discriminator
     batch = int(s.batch_size)
-    parallel.check_divisible(batch, mesh, "discriminator.batch_size")
-    if batch > len(train):
-        raise SemsadError(
-            f"discriminator.batch_size={batch} is larger than the {len(train)} training images; "
-            f"lower it."
-        )
+    check_batch_size(batch, len(train), mesh, "discriminator.batch_size")
     pair_settings(s)  # unknown variant / preset -> SemsadError before any work
     encoder = _load_matching_encoder(workdir, config, mesh)
     stage_dir = os.path.join(workdir, STAGE)
     identity = discriminator_identity(config)
-    meta = check_stage_identity(stage_dir, identity, STAGE, overwrite)
-    if overwrite and meta is not None:
-        move_aside(stage_dir)
-        meta = None
+    meta = open_stage(stage_dir, identity, STAGE, overwrite)
     bank = build_bank(config, workdir, train, mesh=mesh, encoder=encoder)
     digest = bank.meta["encoder_digest"]
     if meta is not None and meta.get("encoder_digest") != digest:

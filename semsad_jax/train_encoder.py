@@ -23,7 +23,7 @@ from jax.sharding import Mesh
 
 from semsad_jax import parallel
 from semsad_jax.augment import augment_batch, get_spec
-from semsad_jax.checkpoints import StageCheckpoints, check_stage_identity, move_aside, write_json
+from semsad_jax.checkpoints import StageCheckpoints, check_stage_identity, open_stage, write_json
 from semsad_jax.data import ImageSet
 from semsad_jax.errors import SemsadError
 from semsad_jax.features import compute_features
@@ -32,6 +32,7 @@ from semsad_jax.models import make_encoder
 from semsad_jax.monitor import pixel_knn_accuracy, weighted_knn_accuracy
 from semsad_jax.trainer import (
     MetricsWriter,
+    check_batch_size,
     make_optimizer,
     model_stats,
     resume,
@@ -177,17 +178,10 @@ def train_encoder(
     mesh = mesh or parallel.make_mesh()
     enc = config.encoder
     batch = int(enc.batch_size)
-    parallel.check_divisible(batch, mesh, "encoder.batch_size")
-    if batch > len(train):
-        raise SemsadError(
-            f"encoder.batch_size={batch} is larger than the {len(train)} training images; lower it."
-        )
+    check_batch_size(batch, len(train), mesh, "encoder.batch_size")
     stage_dir = os.path.join(workdir, STAGE)
     identity = encoder_identity(config)
-    meta = check_stage_identity(stage_dir, identity, STAGE, overwrite)
-    if overwrite and meta is not None:
-        move_aside(stage_dir)
-        meta = None
+    meta = open_stage(stage_dir, identity, STAGE, overwrite)
     steps_per_epoch = len(train) // batch
     total = int(enc.epochs) * steps_per_epoch
     if meta and meta.get("finished") and meta.get("total_steps") == total:

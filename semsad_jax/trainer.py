@@ -115,6 +115,17 @@ def tree_is_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
+def check_batch_size(batch_size: int, num_images: int, mesh: Any, key: str) -> None:
+    """One-line SemsadError unless ``batch_size`` splits over the devices and fits the data."""
+    from semsad_jax.parallel import check_divisible
+
+    check_divisible(batch_size, mesh, key)
+    if batch_size > num_images:
+        raise SemsadError(
+            f"{key}={batch_size} is larger than the {num_images} training images; lower it."
+        )
+
+
 # ---- logging ----------------------------------------------------------------------------------
 
 

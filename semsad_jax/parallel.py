@@ -60,9 +60,8 @@ def check_divisible(batch_size: int, mesh: Mesh, what: str) -> None:
         )
 
 
-def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Places a pytree of host arrays on every device of the mesh (works across hosts)."""
-    sharding = replicated(mesh)
+def _place(tree: Any, sharding: NamedSharding) -> Any:
+    """Places a pytree of host arrays, each process holding a full copy, with ``sharding``."""
 
     def put(x):
         x = np.asarray(x)
@@ -71,15 +70,14 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(put, tree)
 
 
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Places a pytree of host arrays on every device of the mesh (works across hosts)."""
+    return _place(tree, replicated(mesh))
+
+
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
     """Places a pytree of host arrays holding the GLOBAL batch, each process a full copy, sharded."""
-    sharding = batch_sharding(mesh)
-
-    def put(x):
-        x = np.asarray(x)
-        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-
-    return jax.tree.map(put, batch)
+    return _place(batch, batch_sharding(mesh))
 
 
 def to_host(tree: Any) -> Any:

@@ -16,7 +16,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh
@@ -264,7 +263,3 @@ def load_encoder(workdir: str, config: Any, mesh: Mesh | None = None):
         )
     state, _ = restored
     return graphdef, state["params"], state["batch_stats"]
-
-
-def as_numpy(tree: Any) -> Any:
-    return jax.tree.map(np.asarray, tree)

@@ -23,6 +23,7 @@ def encoder_config(args, dtype: str, augment: str = "encoder"):
     d = c.discriminator
     d.depth, d.width, d.batch_size = args.disc_depth, args.disc_width, args.disc_batch
     d.norm = args.disc_norm
+    e.conv_impl = d.conv_impl = getattr(args, "conv_impl", "auto")
     return c
 
 
@@ -55,6 +56,7 @@ def bench_encoder(args, dtype: str, images: np.ndarray, mesh, augment: str) -> d
         batch=args.batch,
         image_size=args.image_size,
         depth=args.depth,
+        conv_impl=config.encoder.conv_impl,
     )
 
 

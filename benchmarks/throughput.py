@@ -144,6 +144,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--benches", default=",".join(ALL_BENCHES))
     p.add_argument("--head", default="linear", help="encoder head (authors: linear)")
     p.add_argument("--disc-norm", default="batch", help="discriminator norm (batch: one pass)")
+    p.add_argument(
+        "--conv-impl", default="auto", help="auto, xla or matmul (models.Conv; encoder and disc.)"
+    )
     p.add_argument("--torch", action="store_true", help="add the PyTorch peer rows")
     p.add_argument("--torch-dtypes", default="float32")
     p.add_argument("--torch-workers", type=int, default=None, help="DataLoader workers")

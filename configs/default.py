@@ -39,6 +39,9 @@ def get_config() -> ml_collections.ConfigDict:
     e.norm = "batch"  # "batch" or "group".
     e.head = "mlp"  # "mlp" (paper: MLP head to out_dim) or "linear" (authors' code: 512 -> 128).
     e.out_dim = 128
+    # How convolutions run, never what they compute (checkpoints are shared): "auto" (patches @
+    # kernel where XLA:CPU's convolution is slow, see models.use_matmul_conv), "xla" or "matmul".
+    e.conv_impl = "auto"
     e.loss = "infonce"  # "infonce" (authors': view1 rows vs view2 columns) or "ntxent" (symmetric).
     e.temperature = 1.0  # Paper: 1.0; authors' code: 0.5.
     e.augment = "encoder"  # Augmentation preset for the two views (see semsad_jax.augment.PRESETS).
@@ -68,6 +71,7 @@ def get_config() -> ml_collections.ConfigDict:
     )
     s.out_dim = 1  # Paper: 1; authors' code: 64 logits (loss averaged over them, score = sum).
     s.head = "linear"
+    s.conv_impl = "auto"  # As encoder.conv_impl.
     s.neighbours = 4  # k of the semantic neighbourhood S(x).
     s.mu = 1.0 / 32  # Fraction of positive pairs replaced by (x, member of S(x)).
     s.pairs = "paper"  # "paper" or "authors" pair-sampling variant (see semsad_jax.pairs).

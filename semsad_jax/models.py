@@ -15,6 +15,7 @@ Norms (``norm=``):
 * ``"group"``: GroupNorm, eps 1e-5, :func:`group_count` groups (32 for >= 64 channels).
 
 Parameters are float32; ``dtype`` is the compute dtype (float32 or bfloat16); outputs are float32.
+``conv_impl`` (:class:`Conv`) only chooses how a convolution is computed, never its parameters.
 Initialisation follows torchvision: Kaiming-normal (fan_out) convolutions, norm scale 1 / bias 0
 (no zero-init of the last norm of a block), torch's default uniform init for the linear layers.
 """
@@ -139,9 +140,67 @@ def _make_norm(kind: str, channels: int, dtype, rngs: nnx.Rngs) -> nnx.Module:
     return BatchStatNorm(channels, dtype=dtype, rngs=rngs)
 
 
-def _conv(in_ch: int, out_ch: int, kernel: int, stride: int, dtype, rngs: nnx.Rngs) -> nnx.Conv:
+CONV_IMPLS = ("auto", "xla", "matmul")
+
+
+class Conv(nnx.Conv):
+    """``nnx.Conv`` (same parameters, same checkpoints) that can run as patches @ kernel.
+
+    ``impl``: ``"xla"`` = ``lax.conv_general_dilated``; ``"matmul"`` = the kh*kw shifted (strided)
+    slices of the padded input concatenated on channels, ``[B*Ho*Wo, kh*kw*C] @ [kh*kw*C, O]``;
+    ``"auto"`` = matmul where XLA's CPU convolution is slow (:func:`use_matmul_conv`), else xla.
+    Only for this module's own setup (2-D, no bias, no dilation, no groups, explicit padding).
+    """
+
+    def __init__(self, *args, impl: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        _check_choice("conv_impl", impl, CONV_IMPLS)
+        self.impl = impl
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kh, kw = self.kernel_size
+        strides = self.strides
+        sh, sw = (strides, strides) if isinstance(strides, int) else tuple(strides)
+        (ph0, ph1), (pw0, pw1) = self.padding
+        h_out = (x.shape[1] + ph0 + ph1 - kh) // sh + 1
+        w_out = (x.shape[2] + pw0 + pw1 - kw) // sw + 1
+        if self.impl == "xla" or (
+            self.impl == "auto" and not use_matmul_conv(h_out, w_out, self.kernel_size, x.shape[3])
+        ):
+            return super().__call__(x)
+        x = x.astype(self.dtype)
+        xp = jnp.pad(x, ((0, 0), (ph0, ph1), (pw0, pw1), (0, 0)))
+        taps = [
+            xp[:, i : i + sh * (h_out - 1) + 1 : sh, j : j + sw * (w_out - 1) + 1 : sw, :]
+            for i in range(kh)
+            for j in range(kw)
+        ]
+        patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+        kernel = self.kernel[...].astype(self.dtype).reshape(-1, self.out_features)
+        out = jnp.einsum("bhwk,ko->bhwo", patches, kernel, preferred_element_type=jnp.float32)
+        return out.astype(self.dtype)
+
+
+def use_matmul_conv(h_out: int, w_out: int, kernel_size: tuple[int, int], in_ch: int) -> bool:
+    """Whether ``impl="auto"`` computes a convolution as patches @ kernel (CPU backend only).
+
+    XLA:CPU's convolution is slow, up to 70x in forward + backward, when the kernel is larger
+    than the output map (3x3 on the 2x2 / 1x1 last stage of 16 px CIFAR inputs); stems (3 channels
+    for h, 6 for s) are slightly faster as a matmul. Measured by benchmarks/conv_impl.py
+    (benchmarks/PROFILING.md). GPU and TPU convolutions are kept, and so are those of several
+    CPU devices: there, a step with the matmul form that XLA:CPU (jax 0.10.2) loads back from the
+    persistent compilation cache can deadlock in its all-gathers (seen with 4 fake CPU devices).
+    """
+    if jax.default_backend() != "cpu" or jax.device_count() > 1:
+        return False
+    return min(h_out, w_out) < max(kernel_size) or in_ch <= 8
+
+
+def _conv(
+    in_ch: int, out_ch: int, kernel: int, stride: int, dtype, rngs: nnx.Rngs, impl: str = "auto"
+) -> Conv:
     pad = kernel // 2  # torch padding: 1 for 3x3 (symmetric, unlike 'SAME' at stride 2), 0 for 1x1.
-    return nnx.Conv(
+    return Conv(
         in_ch,
         out_ch,
         (kernel, kernel),
@@ -152,6 +211,7 @@ def _conv(in_ch: int, out_ch: int, kernel: int, stride: int, dtype, rngs: nnx.Rn
         dtype=dtype,
         param_dtype=jnp.float32,
         rngs=rngs,
+        impl=impl,
     )
 
 
@@ -181,14 +241,15 @@ class BasicBlock(nnx.Module):
         norm: str,
         dtype,
         rngs: nnx.Rngs,
+        conv_impl: str = "auto",
     ):
-        self.conv1 = _conv(in_ch, out_ch, 3, stride, dtype, rngs)
+        self.conv1 = _conv(in_ch, out_ch, 3, stride, dtype, rngs, conv_impl)
         self.norm1 = _make_norm(norm, out_ch, dtype, rngs)
-        self.conv2 = _conv(out_ch, out_ch, 3, 1, dtype, rngs)
+        self.conv2 = _conv(out_ch, out_ch, 3, 1, dtype, rngs, conv_impl)
         self.norm2 = _make_norm(norm, out_ch, dtype, rngs)
         self.has_projection = stride != 1 or in_ch != out_ch
         if self.has_projection:
-            self.proj_conv = _conv(in_ch, out_ch, 1, stride, dtype, rngs)
+            self.proj_conv = _conv(in_ch, out_ch, 1, stride, dtype, rngs, conv_impl)
             self.proj_norm = _make_norm(norm, out_ch, dtype, rngs)
         self.activation = activation
 
@@ -220,6 +281,7 @@ class ResNet(nnx.Module):
         head: str = "linear",
         out_dim: int = 128,
         dtype=jnp.float32,
+        conv_impl: str = "auto",
         rngs: nnx.Rngs,
     ):
         if depth not in STAGE_BLOCKS:
@@ -230,6 +292,7 @@ class ResNet(nnx.Module):
         _check_choice("activation", activation, tuple(ACTIVATIONS))
         _check_choice("norm", norm, NORMS)
         _check_choice("head", head, HEADS)
+        _check_choice("conv_impl", conv_impl, CONV_IMPLS)
         for name, value in (("width", width), ("in_channels", in_channels), ("out_dim", out_dim)):
             if not isinstance(value, int) or value < 1:
                 raise SemsadError(
@@ -240,7 +303,7 @@ class ResNet(nnx.Module):
         self.dtype = dtype
         self.activation = activation
         self.feature_dim = 8 * width
-        self.stem_conv = _conv(in_channels, width, 3, 1, dtype, rngs)
+        self.stem_conv = _conv(in_channels, width, 3, 1, dtype, rngs, conv_impl)
         self.stem_norm = _make_norm(norm, width, dtype, rngs)
         blocks = []
         in_ch = width
@@ -256,6 +319,7 @@ class ResNet(nnx.Module):
                         norm=norm,
                         dtype=dtype,
                         rngs=rngs,
+                        conv_impl=conv_impl,
                     )
                 )
                 in_ch = out_ch
@@ -299,6 +363,7 @@ def make_encoder(cfg_encoder: Any, *, rngs: nnx.Rngs, dtype=jnp.float32) -> ResN
         head=cfg_encoder.head,
         out_dim=cfg_encoder.out_dim,
         dtype=dtype,
+        conv_impl=getattr(cfg_encoder, "conv_impl", "auto"),
         rngs=rngs,
     )
 
@@ -318,6 +383,7 @@ def make_discriminator(cfg_disc: Any, *, rngs: nnx.Rngs, dtype=jnp.float32) -> R
         head=getattr(cfg_disc, "head", "linear"),
         out_dim=cfg_disc.out_dim,
         dtype=dtype,
+        conv_impl=getattr(cfg_disc, "conv_impl", "auto"),
         rngs=rngs,
     )
 

@@ -103,23 +103,36 @@ def make_train_step(
 
     Images and neighbours are replicated; the state is donated. Metrics: loss, s_pos, s_neg, gamma,
     finite (every parameter finite). ``tx`` must be ``make_optimizer(config.discriminator, ...)``:
-    steps are cached by (graphdef, config, num_images, mesh, shardings), so a resumed or repeated
-    run in the same process does not compile again.
+    steps are cached by (graphdef, config.discriminator, dtype, num_images, mesh, shardings), so a
+    resumed or repeated run in the same process, with any seed, does not compile again.
     """
+    rep = parallel.replicated(mesh)
+    # The seed's key is an argument, not a constant of the program: seeds share one compiled step
+    # (in this process through _STEP_CACHE, across processes through JAX's persistent cache).
+    root = jax.device_put(jax.random.key(int(config.seed)), rep)
     cache_key = _step_cache_key(graphdef, config, num_images, mesh, state_sharding)
-    if cache_key is not None and cache_key in _STEP_CACHE:
-        return _STEP_CACHE[cache_key]
+    jitted = _STEP_CACHE.get(cache_key) if cache_key is not None else None
+    if jitted is None:
+        jitted = _compile_step(graphdef, tx, config, num_images, mesh, state_sharding)
+        if cache_key is not None:
+            while len(_STEP_CACHE) >= _STEP_CACHE_SIZE:
+                _STEP_CACHE.pop(next(iter(_STEP_CACHE)))
+            _STEP_CACHE[cache_key] = jitted
+    return lambda state, images, neighbours, step: jitted(state, images, neighbours, step, root)
+
+
+def _compile_step(graphdef, tx, config, num_images: int, mesh: Mesh, state_sharding):
+    """The jitted ``step_fn(state, images, neighbours, step, root_key)`` of make_train_step."""
     s = config.discriminator
     batch = int(s.batch_size)
     batches_per_pass = num_images // batch
     settings = pair_settings(s)
     dtype = compute_dtype(config)
-    root = jax.random.key(config.seed)
-    data_key, pair_key, gamma_key = (jax.random.fold_in(root, i) for i in (3, 4, 5))
     two_passes = s.norm == "batch_transductive"
     sharded = parallel.batch_sharding(mesh)
 
-    def step_fn(state, images, neighbours, step):
+    def step_fn(state, images, neighbours, step, root):
+        data_key, pair_key, gamma_key = (jax.random.fold_in(root, i) for i in (3, 4, 5))
         data_pass, within = step // batches_per_pass, step % batches_per_pass
         order = jax.random.permutation(jax.random.fold_in(data_key, data_pass), num_images)
         idx = jax.lax.dynamic_slice(order, (within * batch,), (batch,))
@@ -158,19 +171,16 @@ def make_train_step(
         return new, metrics
 
     rep = parallel.replicated(mesh)
-    step = jax.jit(step_fn, donate_argnums=(0,), out_shardings=(state_sharding, rep))
-    if cache_key is not None:
-        while len(_STEP_CACHE) >= _STEP_CACHE_SIZE:
-            _STEP_CACHE.pop(next(iter(_STEP_CACHE)))
-        _STEP_CACHE[cache_key] = step
-    return step
+    return jax.jit(step_fn, donate_argnums=(0,), out_shardings=(state_sharding, rep))
 
 
 def _step_cache_key(graphdef, config, num_images, mesh, state_sharding) -> tuple | None:
     if not hasattr(config, "to_dict"):
         return None
     leaves, treedef = jax.tree.flatten(state_sharding)
-    cfg = json.dumps(config.to_dict(), sort_keys=True, default=str)
+    # Everything the step reads: the stage's settings and the dtype (the seed is an argument).
+    settings = {"discriminator": config.discriminator.to_dict(), "dtype": config.get("dtype")}
+    cfg = json.dumps(settings, sort_keys=True, default=str)
     return (graphdef, cfg, int(num_images), mesh, treedef, tuple(leaves))
 
 

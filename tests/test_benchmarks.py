@@ -140,8 +140,9 @@ def test_quality_orchestration_with_stubbed_pipeline(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pipeline, "run", fake_run)
     monkeypatch.setattr(cifar10_quality, "_enable_compile_cache", lambda path: None)
+    monkeypatch.chdir(tmp_path)  # a relative --out: the linked encoder must still resolve
     result = cifar10_quality.main(
-        ["--budget=tiny", f"--out={tmp_path}", "--protocols=class_split", "--archive", __file__]
+        ["--budget=tiny", "--out=.", "--protocols=class_split", "--archive", __file__]
     )
     assert [c[:3] for c in calls if c[1] == 0] == [
         ("encoder", 0, "batch"),
@@ -244,3 +245,27 @@ def test_gpu_script_dry_run(tmp_path):
         "benchmarks/throughput.py --preset=gpu --dtypes=bfloat16,float32 --benches=encoder" in out
     )
     assert "benchmarks/cifar10_quality.py --budget=gpu" in out
+
+
+def test_conv_impl_shapes_cover_every_convolution_of_the_model(monkeypatch):
+    import jax
+    from flax import nnx
+
+    from benchmarks import conv_impl
+    from semsad_jax.models import Conv, ResNet
+
+    for depth in (18, 34):
+        shapes = conv_impl.conv_shapes(depth, 4, 16, 6)
+        model = nnx.eval_shape(
+            lambda d=depth: ResNet(depth=d, width=4, in_channels=6, rngs=nnx.Rngs(0))
+        )
+        convs = [m for _, m in nnx.iter_graph(model) if isinstance(m, Conv)]
+        assert sum(s["count"] for s in shapes) == len(convs)  # 20 for ResNet-18, 36 for 34
+        assert {(s["cin"], s["cout"], s["kernel"], s["stride"]) for s in shapes} == {
+            (c.in_features, c.out_features, c.kernel_size[0], c.strides) for c in convs
+        }
+    (last,) = [s for s in shapes if s["size"] == 2 and s["kernel"] == 3]  # 2x2 map, 3x3 kernel
+    monkeypatch.setattr(jax, "device_count", lambda: 1)  # auto's rule for one CPU device
+    row = conv_impl.time_shape(last, batch=2, dtype="float32", repeats=1)
+    assert row["xla_fwd_bwd_ms"] > 0 and row["matmul_fwd_bwd_ms"] > 0
+    assert row["auto"] == "matmul"  # the last 3x3 of a 16 px ResNet runs on a 2x2 map

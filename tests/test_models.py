@@ -12,12 +12,14 @@ from flax import nnx
 from semsad_jax.errors import SemsadError
 from semsad_jax.models import (
     BatchStatNorm,
+    Conv,
     ResNet,
     count_params,
     group_count,
     make_discriminator,
     make_encoder,
     tiny_config,
+    use_matmul_conv,
 )
 
 WIDTH = 4  # One tiny width and batch shape throughout, so compilations are shared between tests.
@@ -115,6 +117,69 @@ def test_forward_matches_numpy_reference(norm, activation, head, channels):
     assert out.shape == (BATCH, 5) and out.dtype == jnp.float32
     ref = _np_resnet(model, np.asarray(x, np.float64), norm, activation)
     np.testing.assert_allclose(np.asarray(out), ref, rtol=2e-3, atol=2e-4)
+
+
+# ---- convolution implementations (same parameters, same results) ------------------------------
+
+
+@pytest.mark.parametrize(
+    "size, in_ch, out_ch, kernel, stride",
+    [(8, 3, 4, 3, 1), (4, 4, 8, 3, 2), (2, 8, 8, 3, 1), (5, 4, 8, 3, 2), (4, 4, 8, 1, 2)],
+)
+def test_matmul_conv_matches_xla_conv_and_numpy(size, in_ch, out_ch, kernel, stride):
+    convs = {
+        impl: Conv(
+            in_ch,
+            out_ch,
+            (kernel, kernel),
+            strides=stride,
+            padding=((kernel // 2, kernel // 2),) * 2,
+            use_bias=False,
+            impl=impl,
+            rngs=nnx.Rngs(3),
+        )
+        for impl in ("xla", "matmul")
+    }
+    x = _images(channels=in_ch, size=size, seed=4)
+    ref = _np_conv(np.asarray(x, np.float64), np.asarray(convs["xla"].kernel[...]), stride)
+    cotangent = jnp.asarray(np.random.default_rng(5).normal(size=ref.shape), jnp.float32)
+    grads = {}
+    for impl, conv in convs.items():
+        graphdef, params = nnx.split(conv)
+        y, vjp = jax.vjp(lambda x, p, g=graphdef: nnx.merge(g, p)(x), x, params)
+        np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-4, atol=1e-5)
+        grads[impl] = jax.tree.leaves(vjp(cotangent))  # d/dx, d/dkernel
+    assert len(grads["xla"]) == 2
+    for a, b in zip(grads["xla"], grads["matmul"]):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def test_conv_impls_share_parameters_and_outputs():
+    """A model built with any conv_impl has the same state tree and computes the same function."""
+    x = _images(channels=6, size=8, seed=6)
+    outs, states = {}, {}
+    for impl in ("xla", "matmul", "auto"):
+        model = ResNet(depth=18, width=WIDTH, in_channels=6, conv_impl=impl, rngs=nnx.Rngs(1))
+        states[impl] = nnx.state(model)
+        outs[impl] = np.asarray(_forward(model, x))
+    assert jax.tree.structure(states["xla"]) == jax.tree.structure(states["matmul"])
+    for impl in ("matmul", "auto"):
+        np.testing.assert_allclose(outs[impl], outs["xla"], rtol=1e-4, atol=1e-5)
+
+
+def test_auto_conv_rule_on_cpu(monkeypatch):
+    assert jax.default_backend() == "cpu" and jax.device_count() == 4
+    assert not use_matmul_conv(2, 2, (3, 3), 128)  # several CPU devices: always XLA (docstring)
+    monkeypatch.setattr(jax, "device_count", lambda: 1)
+    assert use_matmul_conv(2, 2, (3, 3), 128)  # kernel larger than the map: XLA:CPU is slow
+    assert use_matmul_conv(1, 1, (3, 3), 512)
+    assert use_matmul_conv(16, 16, (3, 3), 3)  # RGB stem
+    assert use_matmul_conv(16, 16, (3, 3), 6)  # pair stem
+    assert not use_matmul_conv(16, 16, (3, 3), 16)
+    assert not use_matmul_conv(4, 4, (3, 3), 64)
+    assert not use_matmul_conv(2, 2, (1, 1), 64)
+    with pytest.raises(SemsadError, match="conv_impl"):
+        ResNet(width=WIDTH, conv_impl="cudnn", rngs=nnx.Rngs(0))
 
 
 # ---- parameter counts (torchvision) ------------------------------------------------------------

@@ -35,8 +35,8 @@ def conv_shapes(depth: int, width: int, image_size: int, in_channels: int) -> li
         key = (size, cin, cout, kernel, stride)
         shapes[key] = shapes.get(key, 0) + 1
 
-    add(image_size, in_channels, width, 3, 1)
     stem = (image_size, in_channels, width, 3, 1)
+    add(*stem)
     size, cin = image_size, width
     for stage, (blocks, stride) in enumerate(zip(STAGE_BLOCKS[depth], STAGE_STRIDES)):
         cout = width * 2**stage
@@ -62,24 +62,14 @@ def time_shape(shape: dict, batch: int, dtype: str, repeats: int) -> dict:
     import jax.numpy as jnp
     from flax import nnx
 
-    from semsad_jax.models import Conv, use_matmul_conv
+    from semsad_jax.models import _conv, use_matmul_conv
 
     k, s = shape["kernel"], shape["stride"]
     x = jax.random.normal(jax.random.key(0), (batch, shape["size"], shape["size"], shape["cin"]))
     x = x.astype(dtype)
     out = dict(shape)
     for impl in IMPLS:
-        conv = Conv(
-            shape["cin"],
-            shape["cout"],
-            (k, k),
-            strides=s,
-            padding=((k // 2, k // 2),) * 2,
-            use_bias=False,
-            dtype=jnp.dtype(dtype),
-            impl=impl,
-            rngs=nnx.Rngs(0),
-        )
+        conv = _conv(shape["cin"], shape["cout"], k, s, jnp.dtype(dtype), nnx.Rngs(0), impl)
         graphdef, params = nnx.split(conv)
         apply = lambda p, x, g=graphdef: nnx.merge(g, p)(x)
         fwd = jax.jit(apply)
@@ -132,9 +122,10 @@ def main(argv: list[str] | None = None) -> dict:
         ("auto", "auto picks"),
         ("speedup", "xla / auto"),
     ]
-    print(markdown_table([*rows, totals(rows)], columns))
+    total = totals(rows)
+    print(markdown_table([*rows, total], columns))
     print(f"(CPU ms per call, median; batch {args.batch}, {args.dtype})")
-    result = {"args": vars(args), "machine": machine_info(), "rows": rows, "total": totals(rows)}
+    result = {"args": vars(args), "machine": machine_info(), "rows": rows, "total": total}
     write_json(args.out, result)
     return result
 

@@ -23,7 +23,7 @@ def encoder_config(args, dtype: str, augment: str = "encoder"):
     d = c.discriminator
     d.depth, d.width, d.batch_size = args.disc_depth, args.disc_width, args.disc_batch
     d.norm = args.disc_norm
-    e.conv_impl = d.conv_impl = getattr(args, "conv_impl", "auto")
+    e.conv_impl = d.conv_impl = args.conv_impl
     return c
 
 

@@ -53,6 +53,7 @@ from semsad_jax.trainer import (
     run_loop,
     split_model,
     tree_is_finite,
+    with_seed_key,
 )
 
 __all__ = [
@@ -106,10 +107,6 @@ def make_train_step(
     steps are cached by (graphdef, config.discriminator, dtype, num_images, mesh, shardings), so a
     resumed or repeated run in the same process, with any seed, does not compile again.
     """
-    rep = parallel.replicated(mesh)
-    # The seed's key is an argument, not a constant of the program: seeds share one compiled step
-    # (in this process through _STEP_CACHE, across processes through JAX's persistent cache).
-    root = jax.device_put(jax.random.key(int(config.seed)), rep)
     cache_key = _step_cache_key(graphdef, config, num_images, mesh, state_sharding)
     jitted = _STEP_CACHE.get(cache_key) if cache_key is not None else None
     if jitted is None:
@@ -118,7 +115,7 @@ def make_train_step(
             while len(_STEP_CACHE) >= _STEP_CACHE_SIZE:
                 _STEP_CACHE.pop(next(iter(_STEP_CACHE)))
             _STEP_CACHE[cache_key] = jitted
-    return lambda state, images, neighbours, step: jitted(state, images, neighbours, step, root)
+    return with_seed_key(jitted, config.seed, mesh)
 
 
 def _compile_step(graphdef, tx, config, num_images: int, mesh: Mesh, state_sharding):

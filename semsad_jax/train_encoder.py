@@ -38,6 +38,7 @@ from semsad_jax.trainer import (
     run_loop,
     split_model,
     tree_is_finite,
+    with_seed_key,
 )
 
 log = logging.getLogger(__name__)
@@ -110,10 +111,7 @@ def make_train_step(
 
     rep = parallel.replicated(mesh)
     jitted = jax.jit(step_fn, donate_argnums=(0,), out_shardings=(state_sharding, rep))
-    # The seed's key is an argument, not a constant of the program: runs with other seeds compile
-    # to the same program (a hit in JAX's persistent compilation cache when it is on).
-    root = jax.device_put(jax.random.key(int(config.seed)), rep)
-    return lambda state, images, step: jitted(state, images, step, root)
+    return with_seed_key(jitted, config.seed, mesh)
 
 
 def init_state(config: Any, steps_per_epoch: int, mesh: Mesh):

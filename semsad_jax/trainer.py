@@ -28,6 +28,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from semsad_jax import parallel
 from semsad_jax.checkpoints import StageCheckpoints
 from semsad_jax.errors import SemsadError
 
@@ -103,6 +104,16 @@ def merge_model(graphdef: nnx.GraphDef, params: dict, batch_stats: dict) -> nnx.
 def model_stats(model: nnx.Module) -> dict:
     """The non-parameter state (BatchNorm running statistics) of ``model`` as a pure dict."""
     return nnx.to_pure_dict(nnx.split(model, nnx.Param, ...)[2])
+
+
+def with_seed_key(jitted: Callable, seed: int, mesh: Any) -> Callable:
+    """``jitted(*args, key)`` as ``step(*args)``, with ``key = jax.random.key(seed)`` replicated.
+
+    The seed's key is an argument of the compiled step, not a constant in it: runs with other
+    seeds reuse the same program (in process, and through JAX's persistent compilation cache).
+    """
+    root = jax.device_put(jax.random.key(int(seed)), parallel.replicated(mesh))
+    return lambda *args: jitted(*args, root)
 
 
 def tree_is_finite(tree: Any) -> jax.Array:

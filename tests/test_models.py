@@ -12,8 +12,8 @@ from flax import nnx
 from semsad_jax.errors import SemsadError
 from semsad_jax.models import (
     BatchStatNorm,
-    Conv,
     ResNet,
+    _conv,
     count_params,
     group_count,
     make_discriminator,
@@ -128,16 +128,7 @@ def test_forward_matches_numpy_reference(norm, activation, head, channels):
 )
 def test_matmul_conv_matches_xla_conv_and_numpy(size, in_ch, out_ch, kernel, stride):
     convs = {
-        impl: Conv(
-            in_ch,
-            out_ch,
-            (kernel, kernel),
-            strides=stride,
-            padding=((kernel // 2, kernel // 2),) * 2,
-            use_bias=False,
-            impl=impl,
-            rngs=nnx.Rngs(3),
-        )
+        impl: _conv(in_ch, out_ch, kernel, stride, jnp.float32, nnx.Rngs(3), impl)
         for impl in ("xla", "matmul")
     }
     x = _images(channels=in_ch, size=size, seed=4)

@@ -5,7 +5,7 @@
     python main.py --config=configs/cifar100.py --workdir=runs/c100 --mode=eval
 
 Any config field can be overridden: ``--config.encoder.epochs=3``. All logic lives in
-``semsad_jax.pipeline`` so it can be used from Python and notebooks.
+``semsad_jax.run`` so it can be used from Python and notebooks.
 """
 
 import sys
@@ -13,7 +13,9 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-MODES = ("encoder", "discriminator", "eval", "score", "all", "report")
+from semsad_jax.errors import SemsadError
+from semsad_jax.run import MODES, run
+from semsad_jax.train.loop import Interrupted
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
@@ -51,12 +53,8 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def main(argv):
     del argv  # checked by parse_flags
-    from semsad_jax import pipeline
-    from semsad_jax.errors import SemsadError
-    from semsad_jax.trainer import Interrupted
-
     try:
-        pipeline.run(
+        run(
             FLAGS.config,
             FLAGS.workdir,
             FLAGS.mode,

@@ -10,7 +10,7 @@ Protocols (labels only choose the sets; training never sees them):
   last five (their test images).
 - ``one_class_NAME``: in = one class, OOD = the test images of the nine others.
 
-For each protocol and seed, :func:`semsad_jax.pipeline.run` trains the encoder (mode ``encoder``),
+For each protocol and seed, :func:`semsad_jax.run.run` trains the encoder (mode ``encoder``),
 then for each bn mode a discriminator (mode ``discriminator``: ``discriminator.norm`` = "batch",
 i.e. running statistics at test time, or "batch_transductive", the authors' evaluation; the second
 workdir reuses the first one's encoder through a symbolic link) and evaluates (mode ``eval``).
@@ -36,6 +36,7 @@ if __package__ in (None, ""):
 
 from benchmarks.quality_table import aggregate, markdown_report
 from benchmarks.timing import ROOT, machine_info, write_json
+from semsad_jax.run import run
 
 ARCHIVE = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "cifar10-jpeg.tar.gz"))
 FIRST_FIVE = ("airplane", "automobile", "bird", "cat", "deer")
@@ -197,8 +198,6 @@ def run_one(
     work_root: str, name: str, protocol: dict, seed: int, budget: Budget, bn_modes: list[str]
 ) -> list[dict]:
     """Encoder, then discriminator + eval per bn mode; returns one record per (detector, ood)."""
-    from semsad_jax import pipeline
-
     base = os.path.join(work_root, name, f"seed{seed}")
     records, first_dir = [], None
     for i, mode in enumerate(bn_modes):
@@ -206,15 +205,15 @@ def run_one(
         config = make_config(budget, protocol, seed, BN_MODES[mode])
         t0 = time.time()
         if first_dir is None:
-            pipeline.run(config, workdir, "encoder")
+            run(config, workdir, "encoder")
             first_dir = workdir
         elif not os.path.exists(os.path.join(workdir, "encoder")):
             os.makedirs(workdir, exist_ok=True)
             os.symlink(os.path.join(first_dir, "encoder"), os.path.join(workdir, "encoder"))
         t1 = time.time()
-        pipeline.run(config, workdir, "discriminator")
+        run(config, workdir, "discriminator")
         t2 = time.time()
-        results = pipeline.run(config, workdir, "eval")["eval"]
+        results = run(config, workdir, "eval")["eval"]
         t3 = time.time()
         for detector, per_ood in results["detectors"].items():
             if detector != "semsad" and i > 0:

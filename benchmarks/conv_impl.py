@@ -27,7 +27,7 @@ IMPLS = ("xla", "matmul")
 
 def conv_shapes(depth: int, width: int, image_size: int, in_channels: int) -> list[dict]:
     """Distinct convolutions of the CIFAR ResNet as {size (input), cin, cout, kernel, stride, count}."""
-    from semsad_jax.models import STAGE_BLOCKS, STAGE_STRIDES
+    from semsad_jax.models.resnet import STAGE_BLOCKS, STAGE_STRIDES
 
     shapes: dict[tuple, int] = {}
 
@@ -62,7 +62,8 @@ def time_shape(shape: dict, batch: int, dtype: str, repeats: int) -> dict:
     import jax.numpy as jnp
     from flax import nnx
 
-    from semsad_jax.models import _conv, use_matmul_conv
+    from semsad_jax.models import use_matmul_conv
+    from semsad_jax.models.resnet import _conv
 
     k, s = shape["kernel"], shape["stride"]
     x = jax.random.normal(jax.random.key(0), (batch, shape["size"], shape["size"], shape["cin"]))

@@ -1,4 +1,4 @@
-"""The real discriminator training step (:func:`train_discriminator.make_train_step`), ready to time.
+"""The real discriminator training step (:func:`semsad_jax.train.discriminator.make_train_step`), ready to time.
 
 Each call is one step on ``B = discriminator.batch_size`` images drawn from an on-device set: B
 positive and B negative pairs (views made on the device by :mod:`semsad_jax.pairs`), forward and
@@ -14,7 +14,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from semsad_jax import parallel, train_discriminator
+from semsad_jax import parallel
+from semsad_jax.models import build
+from semsad_jax.train import discriminator as disc_stage
+from semsad_jax.train.step import StepSetup, init_state
 
 
 def random_neighbours(num_images: int, k: int, seed: int = 0) -> np.ndarray:
@@ -27,10 +30,14 @@ def random_neighbours(num_images: int, k: int, seed: int = 0) -> np.ndarray:
 def make_benchmark_call(config: Any, images: np.ndarray, mesh) -> tuple[Callable, int, str]:
     """(call() -> loss to block on, pairs per call, the step's module name)."""
     num = len(images)
-    batch = int(config.discriminator.batch_size)
-    graphdef, tx, state = train_discriminator.init_state(config, max(num // batch, 1), mesh)
+    section = config.discriminator
+    batch = int(section.batch_size)
+    model = build("discriminator", section, seed=config.seed, dtype=config.dtype)
+    graphdef, tx, state = init_state(model, section, max(num // batch, 1), mesh)
     shardings = jax.tree.map(lambda x: x.sharding, state)
-    step_fn = train_discriminator.make_train_step(graphdef, tx, config, num, mesh, shardings)
+    step_fn = disc_stage.make_train_step(
+        StepSetup(graphdef, tx, shardings, section, num, mesh, config.seed, config.dtype)
+    )
     on_device = parallel.replicate(images, mesh)
     neighbours = parallel.replicate(
         random_neighbours(num, int(config.discriminator.neighbours)), mesh
@@ -44,4 +51,4 @@ def make_benchmark_call(config: Any, images: np.ndarray, mesh) -> tuple[Callable
         holder["step"] += 1
         return metrics["loss"]
 
-    return call, 2 * batch, "semsad_jax.train_discriminator"
+    return call, 2 * batch, "semsad_jax.train.discriminator"

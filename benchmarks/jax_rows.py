@@ -30,12 +30,18 @@ def encoder_config(args, dtype: str, augment: str = "encoder"):
 def bench_encoder(args, dtype: str, images: np.ndarray, mesh, augment: str) -> dict:
     import jax
 
-    from semsad_jax import parallel, train_encoder
+    from semsad_jax import parallel
+    from semsad_jax.models import build
+    from semsad_jax.train.encoder import make_train_step
+    from semsad_jax.train.step import StepSetup, init_state
 
     config = encoder_config(args, dtype, augment)
-    graphdef, tx, state = train_encoder.init_state(config, len(images) // args.batch, mesh)
+    model = build("encoder", config.encoder, seed=config.seed, dtype=dtype)
+    graphdef, tx, state = init_state(model, config.encoder, len(images) // args.batch, mesh)
     shardings = jax.tree.map(lambda x: x.sharding, state)
-    step_fn = train_encoder.make_train_step(graphdef, tx, config, len(images), mesh, shardings)
+    step_fn = make_train_step(
+        StepSetup(graphdef, tx, shardings, config.encoder, len(images), mesh, config.seed, dtype)
+    )
     on_device = parallel.replicate(images, mesh)
     holder = {"state": state, "step": 0}
 
@@ -100,12 +106,11 @@ def bench_augment(args, dtype: str, images: np.ndarray, mesh) -> dict:
 def bench_bank(args, dtype: str, images: np.ndarray, mesh) -> dict:
     import jax.numpy as jnp
 
-    from semsad_jax import train_encoder
-    from semsad_jax.features import compute_features
-    from semsad_jax.trainer import split_model
+    from semsad_jax.method.features import compute_features
+    from semsad_jax.models import build, split_model
 
     config = encoder_config(args, dtype)
-    graphdef, params, stats = split_model(train_encoder.build_encoder(config))
+    graphdef, params, stats = split_model(build("encoder", config.encoder, seed=0, dtype=dtype))
     bank_images = images[np.arange(args.bank_images) % len(images)]
     call = lambda: compute_features(
         graphdef,
@@ -131,7 +136,7 @@ def bench_knn(args, dtype: str, bank: np.ndarray, mesh, with_sklearn: bool) -> l
     ``knn_top4_vs_sklearn`` (ours, scikit-learn) on its first ``args.sklearn_bank`` rows."""
     import jax.numpy as jnp
 
-    from semsad_jax.neighbors import top_k_cosine
+    from semsad_jax.method.neighbours import top_k_cosine
 
     k = 4
     data = bank if dtype == "float32" else np.asarray(jnp.asarray(bank, jnp.dtype(dtype)))

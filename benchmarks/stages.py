@@ -65,14 +65,17 @@ def stage_functions(args, mesh, num_images: int) -> tuple[dict, dict]:
     import optax
     from flax import nnx
 
-    from semsad_jax import parallel, train_encoder
+    from semsad_jax import parallel
     from semsad_jax.augment import augment_batch
-    from semsad_jax.losses import contrastive_loss
-    from semsad_jax.trainer import model_stats
+    from semsad_jax.method.losses import contrastive_loss
+    from semsad_jax.models import build, model_stats
+    from semsad_jax.train.encoder import make_train_step
+    from semsad_jax.train.step import StepSetup, init_state
 
     config = _config(args)
     batch, dtype = args.batch, jnp.dtype(args.dtype)
-    graphdef, tx, state = train_encoder.init_state(config, num_images // batch, mesh)
+    model = build("encoder", config.encoder, seed=config.seed, dtype=args.dtype)
+    graphdef, tx, state = init_state(model, config.encoder, num_images // batch, mesh)
     rng = np.random.default_rng(0)
     images = parallel.replicate(
         rng.integers(0, 256, (num_images, args.image_size, args.image_size, 3), np.uint8), mesh
@@ -117,7 +120,10 @@ def stage_functions(args, mesh, num_images: int) -> tuple[dict, dict]:
         "optimizer": (optimizer, (grads, o, p)),
     }
     shardings = jax.tree.map(lambda a: a.sharding, state)
-    step_fn = train_encoder.make_train_step(graphdef, tx, config, num_images, mesh, shardings)
+    setup = StepSetup(
+        graphdef, tx, shardings, config.encoder, num_images, mesh, config.seed, args.dtype
+    )
+    step_fn = make_train_step(setup)
     return stages, {"step_fn": step_fn, "state": state, "images": images, "x": x}
 
 

@@ -6,7 +6,7 @@
 Rows (items per second, median over ``--repeats`` timed rounds after ``--warmup`` untimed calls,
 each round blocked with ``jax.block_until_ready``), for each ``--dtypes`` entry:
 
-- ``encoder_train``: the real encoder step (:func:`train_encoder.make_train_step`): batch gather
+- ``encoder_train``: the real encoder step (:func:`semsad_jax.train.encoder.make_train_step`): batch gather
   from the on-device set, two augmented views, forward/backward, Adam. Items = augmented views.
 - ``encoder_step_no_aug``: the same step with the identity augmentation (the ``t_org`` preset).
 - ``discriminator_train``: the real discriminator step (:mod:`benchmarks.disc_step`). Items =

@@ -85,6 +85,10 @@ def get_config() -> ml_collections.ConfigDict:
     s.learning_rate = 5e-5
     s.weight_decay = 1e-6
     s.optimizer = "amsgrad"
+    s.schedule = (
+        "piecewise"  # As encoder.schedule; the paper's steps are lr_boundaries / lr_scales.
+    )
+    s.warmup_epochs = 0
     s.lr_boundaries = (200, 500)  # Epochs. Paper: x0.2 after 200, x0.1 after 500.
     s.lr_scales = (0.2, 0.1)  # Authors' code: (0.2, 0.05) i.e. x0.01 overall from epoch 500.
     s.checkpoint_every_steps = 500

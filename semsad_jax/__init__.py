@@ -9,7 +9,7 @@ __all__ = ["Detector"]
 
 def __getattr__(name: str):
     if name == "Detector":
-        from semsad_jax.detector import Detector
+        from semsad_jax.evaluation.detector import Detector
 
         return Detector
     raise AttributeError(f"module 'semsad_jax' has no attribute {name!r}")

@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -82,8 +83,6 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
 
 def to_host(tree: Any) -> Any:
     """Fetches a pytree of (possibly sharded, multi-host) arrays as numpy arrays on every process."""
-    from jax.experimental import multihost_utils
-
     if jax.process_count() > 1:
         tree = multihost_utils.process_allgather(tree, tiled=True)
     return jax.tree.map(np.asarray, jax.device_get(tree))

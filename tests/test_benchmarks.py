@@ -121,8 +121,6 @@ def test_quality_protocol_specs():
 def test_quality_orchestration_with_stubbed_pipeline(tmp_path, monkeypatch):
     """The tiny budget's protocol x seed x bn-mode loop, records and outputs (training stubbed:
     a real tiny run takes minutes on 2 cores; see benchmarks/README.md for the command)."""
-    from semsad_jax import pipeline
-
     calls = []
 
     def fake_run(config, workdir, mode):
@@ -138,7 +136,7 @@ def test_quality_orchestration_with_stubbed_pipeline(tmp_path, monkeypatch):
         detectors = {d: {"last_five": dict(metrics)} for d in ("semsad", "knn", "mahalanobis")}
         return {"eval": {"detectors": detectors}}
 
-    monkeypatch.setattr(pipeline, "run", fake_run)
+    monkeypatch.setattr(cifar10_quality, "run", fake_run)
     monkeypatch.setattr(cifar10_quality, "_enable_compile_cache", lambda path: None)
     monkeypatch.chdir(tmp_path)  # a relative --out: the linked encoder must still resolve
     result = cifar10_quality.main(
@@ -177,7 +175,7 @@ def test_torch_reference_matches_ours():
     from flax import nnx
 
     from benchmarks import torch_reference
-    from semsad_jax.losses import infonce
+    from semsad_jax.method.losses import infonce
     from semsad_jax.models import ResNet, count_params
 
     # the same CIFAR ResNet-18 + linear head: identical parameter counts (independent code)

@@ -11,16 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from semsad_jax import imagefiles
-from semsad_jax.data import (
-    ImageSet,
-    contaminate,
-    digits_split_indices,
-    images_from_array,
-    load_images,
-)
+from semsad_jax.data import ImageSet, contaminate, imagefiles, images_from_array, load_images
+from semsad_jax.data.sources import digits_split_indices
+from semsad_jax.data.specs import parse_spec
 from semsad_jax.errors import SemsadError
-from semsad_jax.specs import parse_spec
 
 CIFAR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10-jpeg.tar.gz")
 if not os.path.exists(CIFAR):

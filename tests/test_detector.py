@@ -7,10 +7,12 @@ import sys
 import numpy as np
 import pytest
 import trained_smoke
+from helpers import load_set
 
-from semsad_jax import data, pipeline
-from semsad_jax.detector import ConfigView, Detector, read_config
+from semsad_jax import data
+from semsad_jax.data import sets, sources
 from semsad_jax.errors import SemsadError
+from semsad_jax.evaluation.detector import ConfigView, Detector, read_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,14 +22,14 @@ def restored():
     """(detector restored with the training data unreachable, workdir, in-dist images, scores.npz)."""
     workdir = trained_smoke.evaluated()
     config = trained_smoke.config()
-    test_images = pipeline.load_set(config, config.data.test).images
+    test_images = load_set(config, config.data.test).images
 
     def no_data(*args, **kwargs):
         raise AssertionError("Detector.restore must not load any data set")
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(data, "load_images", no_data)
-        mp.setattr(pipeline, "load_images", no_data)
+        mp.setattr(sources, "load_images", no_data)
+        mp.setattr(sets, "load_images", no_data)
         det = Detector.restore(workdir)
     with np.load(os.path.join(workdir, "eval", "scores.npz")) as npz:
         scores = {k: npz[k] for k in npz.files}
@@ -87,7 +89,7 @@ def test_import_is_lazy():
     code = (
         "import sys, semsad_jax; assert 'jax' not in sys.modules, 'import pulled in jax'; "
         "from semsad_jax import Detector; assert Detector.__name__ == 'Detector'; "
-        "import semsad_jax.detector as d; assert semsad_jax.Detector is d.Detector"
+        "import semsad_jax.evaluation.detector as d; assert semsad_jax.Detector is d.Detector"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

@@ -1,5 +1,6 @@
-"""--mode=eval / --mode=score on the real smoke pipeline, the baselines against numpy references."""
+"""--mode=eval / --mode=score on the real smoke run, the baselines against numpy references."""
 
+import collections
 import csv
 import json
 import os
@@ -7,16 +8,24 @@ import os
 import numpy as np
 import pytest
 import trained_smoke
+from helpers import load_set
 from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
 
-from semsad_jax import pipeline, plots
-from semsad_jax.baselines import PINV_RTOL, fit_mahalanobis, knn_scores, mahalanobis_scores
-from semsad_jax.detector import Detector
+from semsad_jax.data import sets
 from semsad_jax.errors import SemsadError
-from semsad_jax.evaluate import DETECTORS, evaluate_detector, ood_specs, parse_ood
-from semsad_jax.metrics import ood_metrics, threshold_at_tpr
-from semsad_jax.models import make_discriminator
-from semsad_jax.trainer import split_model
+from semsad_jax.evaluation import plots
+from semsad_jax.evaluation.baselines import (
+    PINV_RTOL,
+    fit_mahalanobis,
+    knn_scores,
+    mahalanobis_scores,
+)
+from semsad_jax.evaluation.detector import Detector
+from semsad_jax.evaluation.evaluate import DETECTORS, evaluate_detector, ood_specs, parse_ood
+from semsad_jax.method.metrics import ood_metrics, threshold_at_tpr
+from semsad_jax.models import make_discriminator, split_model
+from semsad_jax.run import run
+from semsad_jax.workdir import layout
 
 METRIC_KEYS = {"auroc", "aupr_in", "aupr_out", "fpr95", "detection_at_95", "num_ood"}
 
@@ -79,7 +88,7 @@ def test_batch_size_independent_and_extra_ood(evaluated, tmp_path):
     _, _, scores = evaluated
     copy = trained_smoke.copy_of(trained_smoke.trained(), tmp_path / "run")
     extra = "five=sklearn:digits/test?classes=5&limit=12"
-    pipeline.run(trained_smoke.config(batch_size=8), copy, "eval", ood=[extra])
+    run(trained_smoke.config(batch_size=8), copy, "eval", ood=[extra])
     with np.load(os.path.join(copy, "eval", "scores.npz")) as other:
         for key in ("semsad/in_distribution", "semsad/digits_7_9", "nn/digits_7_9"):
             np.testing.assert_allclose(other[key], scores[key], rtol=1e-5, atol=1e-6)
@@ -88,6 +97,30 @@ def test_batch_size_independent_and_extra_ood(evaluated, tmp_path):
     assert results["ood"]["five"] == "sklearn:digits/test?classes=5&limit=12"
     assert results["detectors"]["semsad"]["five"]["num_ood"] == 12
     assert not os.path.exists(os.path.join(copy, "eval", "hist_semsad.png"))  # smoke: plots off
+
+
+def test_mode_all_reads_each_file_and_decodes_each_set_once(tmp_path, monkeypatch):
+    """--mode=all on a trained workdir: each JSON file read once, each data spec decoded once."""
+    copy = trained_smoke.copy_of(trained_smoke.trained(), tmp_path / "run")
+    reads, decodes = collections.Counter(), collections.Counter()
+    real_read, real_load = layout.read_json, sets.load_images
+
+    def counting_read(path):
+        reads[os.path.relpath(path, copy)] += 1
+        return real_read(path)
+
+    def counting_load(spec, *args, **kwargs):
+        decodes[spec] += 1
+        return real_load(spec, *args, **kwargs)
+
+    monkeypatch.setattr(layout, "read_json", counting_read)
+    monkeypatch.setattr(sets, "load_images", counting_load)
+    config = trained_smoke.config()
+    run(config, copy, "all")
+    assert reads["encoder/stage.json"] == reads["discriminator/stage.json"] == 1, reads
+    assert max(reads.values()) == 1, reads
+    assert decodes[config.data.train] == decodes[config.data.test] == 1, decodes
+    assert max(decodes.values()) == 1, decodes
 
 
 def test_transductive_mode_is_labelled_and_batch_dependent(tmp_path, monkeypatch):
@@ -120,7 +153,7 @@ def test_transductive_mode_is_labelled_and_batch_dependent(tmp_path, monkeypatch
     assert os.path.exists(os.path.join(out, "hist_semsad.png"))
 
     # Reference: each consecutive group of eval.batch_size pairs is one batch with its own stats.
-    images = pipeline.load_set(config, config.eval.ood.digits_7_9).images  # 24 = 10 + 10 + 4
+    images = load_set(config, config.eval.ood.digits_7_9).images  # 24 = 10 + 10 + 4
     refs = det.bank.images[det.nearest(images).indices[:, 0]]
     model = nnx.merge(*disc)
     model.eval()
@@ -186,7 +219,7 @@ def test_eval_baselines_match_references(evaluated):
     _, _, scores = evaluated
     det = trained_smoke.detector()
     config = trained_smoke.config()
-    feats = det.features(pipeline.load_set(config, config.data.test).images)
+    feats = det.features(load_set(config, config.data.test).images)
     unit_bank = det.bank.features / np.linalg.norm(det.bank.features, axis=1, keepdims=True)
     np.testing.assert_allclose(
         scores["knn/in_distribution"], np.max(feats @ unit_bank.T, axis=1), atol=1e-5
@@ -200,11 +233,11 @@ def test_eval_baselines_match_references(evaluated):
 def test_score_csv(evaluated):
     workdir, results, scores = evaluated
     config = trained_smoke.config()
-    summary = pipeline.run(config, workdir, "score", images=config.data.test)["score"]
+    summary = run(config, workdir, "score", images=config.data.test)["score"]
     with open(summary["csv"]) as f:
         rows = list(csv.DictReader(f))
     assert summary["csv"] == os.path.join(workdir, "score", "scores.csv")
-    ids = pipeline.load_set(config, config.data.test).ids
+    ids = load_set(config, config.data.test).ids
     assert [r["id"] for r in rows] == ids and {r["source"] for r in rows} == {config.data.test}
     got = np.array([float(r["score"]) for r in rows])
     np.testing.assert_allclose(got, scores["semsad/in_distribution"], rtol=1e-4, atol=1e-5)
@@ -225,13 +258,13 @@ def _one_line(err: pytest.ExceptionInfo) -> str:
 def test_wrong_order(tmp_path):
     config = trained_smoke.config()
     with pytest.raises(SemsadError) as err:
-        pipeline.run(config, str(tmp_path / "empty"), "eval")
+        run(config, str(tmp_path / "empty"), "eval")
     assert "run --mode=encoder" in _one_line(err)
     encoder_only = trained_smoke.copy_of(trained_smoke.trained(), tmp_path / "encoder_only")
     os.remove(os.path.join(encoder_only, "discriminator", "stage.json"))
     with pytest.raises(SemsadError) as err:
-        pipeline.run(config, encoder_only, "eval")
+        run(config, encoder_only, "eval")
     assert "no trained discriminator" in _one_line(err)
     with pytest.raises(SemsadError) as err:
-        pipeline.run(config, trained_smoke.trained(), "score", images=config.data.test)
+        run(config, trained_smoke.trained(), "score", images=config.data.test)
     assert "run --mode=eval first" in _one_line(err)

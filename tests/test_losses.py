@@ -10,7 +10,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from semsad_jax.errors import SemsadError
-from semsad_jax.losses import (
+from semsad_jax.method.losses import (
     contrastive_loss,
     discriminator_loss,
     discriminator_objective,

@@ -5,8 +5,8 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from semsad_jax.errors import SemsadError
-from semsad_jax.metrics import ood_metrics, roc_curve_points, threshold_at_tpr
-from semsad_jax.monitor import pixel_knn_accuracy, weighted_knn_accuracy
+from semsad_jax.method.knn import pixel_knn_accuracy, weighted_knn_accuracy
+from semsad_jax.method.metrics import ood_metrics, roc_curve_points, threshold_at_tpr
 
 
 def _labelled(scores_in, scores_out):

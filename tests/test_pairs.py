@@ -7,7 +7,7 @@ import pytest
 
 from semsad_jax.augment import AugmentSpec, get_spec
 from semsad_jax.errors import SemsadError
-from semsad_jax.pairs import PairSettings, pair_settings, sample_pairs
+from semsad_jax.method.pairs import PairSettings, pair_settings, sample_pairs
 
 N, K, B, SIZE = 24, 3, 16, 8
 sample = jax.jit(sample_pairs, static_argnames=("cfg", "dtype"))

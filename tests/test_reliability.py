@@ -27,11 +27,16 @@ from PIL import Image
 
 pytest.importorskip("ml_collections")  # configs/ and main.py need it (not on the GPU image)
 
+from helpers import load_set, load_train_set, train_encoder
+
 from configs import smoke
-from semsad_jax import pipeline, train_encoder, trainer
-from semsad_jax.checkpoints import StageCheckpoints, WorkdirLock
 from semsad_jax.data import load_images
 from semsad_jax.errors import SemsadError
+from semsad_jax.run import run
+from semsad_jax.train import logs, loop
+from semsad_jax.train import stage as stage_runner
+from semsad_jax.workdir.checkpoints import StageCheckpoints
+from semsad_jax.workdir.lock import WorkdirLock
 
 pytestmark = [
     pytest.mark.reliability,
@@ -248,9 +253,7 @@ def test_ctrl_c_saves_and_a_second_ctrl_c_aborts_at_once(tmp_path):
             os.kill(os.getpid(), signal.SIGINT)
         return {"w": state["w"] + 1.0}, {"loss": jax.numpy.float32(1.0), "finite": True}
 
-    with pytest.raises(
-        trainer.Interrupted, match="stopped by signal 2 at step 5; checkpoint saved"
-    ):
+    with pytest.raises(loop.Interrupted, match="stopped by signal 2 at step 5; checkpoint saved"):
         _loop(tmp_path, step_fn)
     assert _committed_steps(str(tmp_path / "stage")) == [3, 5]
     assert signal.getsignal(signal.SIGINT) is before  # handlers restored
@@ -384,7 +387,7 @@ def finished_copy(reference, tmp_path):
     config = smoke.get_config()
     config.data.test = ""
     config.encoder.epochs, config.encoder.checkpoint_every_steps = 6, 3
-    return tmp_path, config, pipeline.load_train_set(config)
+    return tmp_path, config, load_train_set(config)
 
 
 def test_workdir_of_another_width_is_refused_even_without_stage_json(finished_copy):
@@ -393,7 +396,7 @@ def test_workdir_of_another_width_is_refused_even_without_stage_json(finished_co
     before = sorted(os.listdir(workdir / "encoder"))
     config.encoder.width = 8
     with pytest.raises(SemsadError, match=r"does not match this config's model .*\[4.*\[8"):
-        train_encoder.train_encoder(config, str(workdir), train)
+        train_encoder(config, workdir, train)
     after = sorted(n for n in os.listdir(workdir / "encoder") if n != "stage.json")
     assert after == [n for n in before if n != "stage.json"]
 
@@ -403,10 +406,10 @@ def test_finished_stage_with_fewer_epochs_is_refused_and_kept(finished_copy, ref
     config.encoder.epochs = 2  # 8 steps, but the workdir holds 24
     recorded = (workdir / "encoder" / "stage.json").read_text()
     with pytest.raises(SemsadError, match="step 24, beyond this config's 8 steps"):
-        train_encoder.train_encoder(config, str(workdir), train)
+        train_encoder(config, workdir, train)
     assert (workdir / "encoder" / "stage.json").read_text() == recorded  # nothing rewritten
     config.encoder.epochs = 6  # the original config reuses it, untouched
-    summary = train_encoder.train_encoder(config, str(workdir), train)
+    summary = train_encoder(config, workdir, train)
     assert summary["finished"] and summary["total_steps"] == TOTAL_STEPS
     params = _saved_params(str(workdir / "encoder"), TOTAL_STEPS)
     for key, value in reference[1].items():
@@ -416,8 +419,8 @@ def test_finished_stage_with_fewer_epochs_is_refused_and_kept(finished_copy, ref
 def test_overwrite_keeps_the_old_stage_aside(finished_copy, monkeypatch):
     workdir, config, train = finished_copy
     old_files = sorted(os.listdir(workdir / "encoder"))
-    monkeypatch.setattr(train_encoder, "run_loop", lambda **kw: kw["state"])  # skip training
-    summary = train_encoder.train_encoder(config, str(workdir), train, overwrite=True)
+    monkeypatch.setattr(stage_runner, "run_loop", lambda **kw: kw["state"])  # skip training
+    summary = train_encoder(config, workdir, train, overwrite=True)
     aside = glob.glob(str(workdir / "encoder.old-*"))
     assert len(aside) == 1 and sorted(os.listdir(aside[0])) == old_files
     assert summary["finished"]
@@ -528,7 +531,7 @@ def test_corrupt_and_odd_images_are_skipped_with_a_count_or_refused(tmp_path, ca
     config = smoke.get_config()
     config.data.on_corrupt = "error"
     with pytest.raises(SemsadError, match=r"cannot read image \S+garbage.jpg"):
-        pipeline.load_set(config, f"folder:{root}")
+        load_set(config, f"folder:{root}")
 
 
 @pytest.mark.parametrize(
@@ -560,7 +563,7 @@ def test_bad_sources_stop_with_one_clear_line(spec, problem, tmp_path):
         tar.add(tmp_path / "imgs", arcname="train")
     config = smoke.get_config()
     with pytest.raises(SemsadError, match=re.escape(problem)) as caught:
-        pipeline.load_set(config, spec.format(tmp=tmp_path))
+        load_set(config, spec.format(tmp=tmp_path))
     assert "\n" not in str(caught.value)
 
 
@@ -568,17 +571,17 @@ def test_bad_workdir_and_mode_at_the_api(tmp_path):
     """The CLI prints these SemsadErrors as one error line (see the CLI tests above)."""
     config = smoke.get_config()
     with pytest.raises(SemsadError, match="unknown mode 'bogus'"):
-        pipeline.run(config, str(tmp_path), "bogus")
+        run(config, str(tmp_path), "bogus")
     with pytest.raises(SemsadError, match="no --workdir given"):
-        pipeline.run(config, "", "encoder")
+        run(config, "", "encoder")
     with pytest.raises(SemsadError, match="--mode=score needs --images"):
-        pipeline.run(config, str(tmp_path), "score")
+        run(config, str(tmp_path), "score")
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     with pytest.raises(SemsadError, match="exists and is not a directory"):
-        pipeline.run(config, str(a_file), "encoder")
+        run(config, str(a_file), "encoder")
     with pytest.raises(SemsadError, match="cannot create --workdir"):
-        pipeline.run(config, str(a_file / "sub"), "encoder")
+        run(config, str(a_file / "sub"), "encoder")
 
 
 # ---- 5. numerical faults ----------------------------------------------------------------------
@@ -597,9 +600,9 @@ def _fake_step(bad_from, bad_value=np.nan):
 
 def _loop(tmp_path, step_fn, start=0, state=None, log_every=1):
     ckpts = StageCheckpoints(str(tmp_path / "stage"), keep=10)
-    writer = trainer.MetricsWriter(str(tmp_path / "stage" / "metrics.jsonl"))
+    writer = logs.MetricsWriter(str(tmp_path / "stage" / "metrics.jsonl"))
     state = state if state is not None else {"w": jax.numpy.zeros(3)}
-    out = trainer.run_loop(
+    out = loop.run_loop(
         name="toy", train_step=step_fn, state=state, start_step=start, total_steps=12,
         steps_per_epoch=4, images_per_step=1, checkpoints=ckpts, writer=writer,
         log_every=log_every, checkpoint_every=3, progress=False,
@@ -657,5 +660,5 @@ def test_stages_in_the_wrong_order_give_one_error_line(reference, cli_env, tmp_p
         _assert_one_error_line(code, output, needle, "run --mode=")
     images = f"folder:{_image_folder(tmp_path / 'imgs')}"
     with pytest.raises(SemsadError, match=r"no trained discriminator .* run --mode=discriminator"):
-        pipeline.run(smoke.get_config(), str(only_encoder), "score", images=images)
+        run(smoke.get_config(), str(only_encoder), "score", images=images)
     assert sorted(os.listdir(only_encoder)) == [".lock", "encoder"]  # nothing was written

@@ -8,10 +8,10 @@ import pytest
 import trained_smoke
 
 from configs import class_split, contaminated, oneclass
-from semsad_jax import pipeline
+from semsad_jax.data.specs import parse_spec
 from semsad_jax.errors import SemsadError
-from semsad_jax.report import majority_vote, run_report
-from semsad_jax.specs import parse_spec
+from semsad_jax.evaluation.report import majority_vote, run_report
+from semsad_jax.run import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -91,7 +91,7 @@ def test_vote_skipped_when_runs_scored_other_images(tmp_path):
 def test_report_mode_over_two_real_workdirs(tmp_path):
     evaluated = trained_smoke.evaluated()
     runs = [trained_smoke.copy_of(evaluated, tmp_path / name) for name in ("seed0", "seed1")]
-    report = pipeline.run(trained_smoke.config(), None, "report", workdirs=runs)["report"]
+    report = run(trained_smoke.config(), None, "report", workdirs=runs)["report"]
     assert os.path.exists(tmp_path / "report" / "report.json")
     results = trained_smoke.read_json(os.path.join(evaluated, "eval", "results.json"))
     scores = _npz(evaluated)

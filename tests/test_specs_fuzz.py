@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from semsad_jax.data import load_images
+from semsad_jax.data.specs import KINDS, QUERY_KEYS, Spec, parse_spec
 from semsad_jax.errors import SemsadError
-from semsad_jax.specs import KINDS, QUERY_KEYS, Spec, parse_spec
 
 FUZZ = settings(
     max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

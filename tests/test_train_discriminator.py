@@ -1,7 +1,7 @@
 """Discriminator stage: feature bank, step wiring, sharding, resume, scores and clear errors.
 
 Uses the shared smoke workdir of ``trained_smoke.trained()`` (smoke encoder, then the discriminator
-stage, run once per test process through ``pipeline.run``); jitted discriminator steps are cached per
+stage, run once per test process through ``semsad_jax.run.run``); jitted discriminator steps are cached per
 process, so the steps below mostly reuse its compilation.
 """
 
@@ -16,12 +16,25 @@ import numpy as np
 import pytest
 import trained_smoke
 from flax import nnx
+from helpers import (
+    identities,
+    init_state,
+    load_discriminator,
+    load_encoder,
+    load_train_set,
+    train_discriminator,
+)
 
 from configs import smoke
-from semsad_jax import bank as bank_lib
-from semsad_jax import parallel, pipeline, train_discriminator, train_encoder
+from semsad_jax import parallel
 from semsad_jax.errors import SemsadError
-from semsad_jax.trainer import Interrupted
+from semsad_jax.method.scoring import discriminator_scores
+from semsad_jax.models import build, split_model
+from semsad_jax.run import run
+from semsad_jax.train import discriminator as disc_stage
+from semsad_jax.train.loop import Interrupted
+from semsad_jax.train.step import StepSetup
+from semsad_jax.workdir import bank as bank_lib
 
 
 def _config(**disc):
@@ -33,7 +46,7 @@ def _config(**disc):
 
 @pytest.fixture(scope="module")
 def train_set():
-    return pipeline.load_train_set(smoke.get_config())
+    return load_train_set(smoke.get_config())
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +73,7 @@ def test_bank_features_neighbours_and_round_trip(trained, train_set, tmp_path):
     np.testing.assert_array_equal(bank.labels, train_set.labels)
     np.testing.assert_allclose(np.linalg.norm(bank.features, axis=1), 1.0, atol=1e-5)
     # features = the encoder in inference mode on the raw images, normalised (plain nnx call)
-    graphdef, params, stats = train_encoder.load_encoder(str(trained), config)
+    graphdef, params, stats = load_encoder(str(trained), config)
     model = nnx.merge(graphdef, params, stats)
     model.eval()
     z = np.asarray(model(train_set.images.astype(np.float32) / 255.0))
@@ -81,9 +94,19 @@ def test_bank_features_neighbours_and_round_trip(trained, train_set, tmp_path):
     workdir = _with_encoder(trained, tmp_path / "w")
     shutil.copytree(trained / "bank", workdir / "bank")
     mtime = (workdir / "bank" / "bank.json").stat().st_mtime_ns
-    bank_lib.build_bank(config, str(workdir), train_set, mesh=parallel.make_mesh())
+    encoder = load_encoder(str(trained), config)
+    ident = identities(config)["encoder"]
+    bank_lib.build_bank(
+        str(workdir), config.discriminator, train_set, encoder, encoder_identity=ident
+    )
     assert (workdir / "bank" / "bank.json").stat().st_mtime_ns == mtime
-    rebuilt = bank_lib.build_bank(_config(neighbours=2), str(workdir), train_set)
+    rebuilt = bank_lib.build_bank(
+        str(workdir),
+        _config(neighbours=2).discriminator,
+        train_set,
+        encoder,
+        encoder_identity=ident,
+    )
     np.testing.assert_array_equal(rebuilt.neighbours, bank.neighbours[:, :2])
     np.testing.assert_array_equal(bank_lib.load_bank(str(workdir)).neighbours, rebuilt.neighbours)
     with pytest.raises(SemsadError, match="run --mode=discriminator"):
@@ -92,10 +115,12 @@ def test_bank_features_neighbours_and_round_trip(trained, train_set, tmp_path):
 
 def _two_steps(config, images, neighbours, mesh):
     n = len(images)
-    spe = train_discriminator.steps_per_epoch(config, n)
-    graphdef, tx, state = train_discriminator.init_state(config, spe, mesh)
+    spe = disc_stage.steps_per_epoch(config.discriminator, n)
+    graphdef, tx, state = init_state("discriminator", config, spe, mesh)
     shardings = jax.tree.map(lambda x: x.sharding, state)
-    step_fn = train_discriminator.make_train_step(graphdef, tx, config, n, mesh, shardings)
+    step_fn = disc_stage.make_train_step(
+        StepSetup(graphdef, tx, shardings, config.discriminator, n, mesh, seed=config.seed)
+    )
     imgs, nbrs = parallel.replicate(images, mesh), parallel.replicate(neighbours, mesh)
     metrics = []
     for step in range(2):
@@ -123,7 +148,7 @@ def test_four_devices_match_one_device_and_params_move(train_set):
     assert m4[0]["gamma"] != m4[1]["gamma"]  # a new gamma each step
     for a, b in zip(jax.tree.leaves(p4), jax.tree.leaves(p1)):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
-    p0 = train_discriminator.split_model(train_discriminator.build_discriminator(config))[1]
+    p0 = split_model(build("discriminator", config.discriminator, seed=config.seed))[1]
     moved = [
         np.abs(a - np.asarray(b)).max() for a, b in zip(jax.tree.leaves(p4), jax.tree.leaves(p0))
     ]
@@ -139,9 +164,9 @@ def test_other_seed_shares_the_compiled_step_but_not_the_randomness(train_set):
     mesh = parallel.make_mesh()
     _, m_a = _two_steps(config, train_set.images, neighbours, mesh)
     traced = []
-    real = train_discriminator._compile_step
+    real = disc_stage._compile_step
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(train_discriminator, "_compile_step", lambda *a: traced.append(a) or real(*a))
+        mp.setattr(disc_stage, "_compile_step", lambda *a: traced.append(a) or real(*a))
         _, m_b = _two_steps(other, train_set.images, neighbours, mesh)
     assert traced == []  # served from the cache although the seed differs
     assert m_a[0]["gamma"] != m_b[0]["gamma"]  # ... and drawing from the other seed's key
@@ -164,14 +189,14 @@ def test_stage_outputs_reuse_and_scores(trained, train_set, tmp_path):
     # a finished stage is reused, not retrained
     copy = Path(trained_smoke.copy_of(str(trained), tmp_path / "copy"))
     mtime = (copy / "discriminator" / "4").stat().st_mtime
-    again = pipeline.run(config, str(copy), "discriminator")["discriminator"]
+    again = run(config, str(copy), "discriminator")["discriminator"]
     assert again["heldout_mean_s_pos"] == summary["heldout_mean_s_pos"]
     assert (copy / "discriminator" / "4").stat().st_mtime == mtime
     # scores of the restored model: per pair, independent of batching, = the model's summed logits
-    graphdef, params, stats = train_discriminator.load_discriminator(str(trained), config)
+    graphdef, params, stats = load_discriminator(str(trained), config)
     refs, partners = train_set.images[:10], train_set.images[10:20]
     kw = dict(mesh=parallel.make_mesh(), dtype=np.float32)
-    scores = train_discriminator.discriminator_scores
+    scores = discriminator_scores
     s8 = scores(graphdef, params, stats, refs, partners, batch_size=8, **kw)
     s4 = scores(graphdef, params, stats, refs, partners, batch_size=4, **kw)
     assert s8.shape == (10,) and s8.dtype == np.float32
@@ -184,9 +209,9 @@ def test_stage_outputs_reuse_and_scores(trained, train_set, tmp_path):
 
 def test_sigterm_saves_and_resume_equals_uninterrupted(trained, train_set, tmp_path, monkeypatch):
     config = _config()  # 4 steps, checkpoints at 2 and 4
-    expected = train_discriminator.load_discriminator(str(trained), config)[1]
+    expected = load_discriminator(str(trained), config)[1]
     workdir = _with_encoder(trained, tmp_path / "b")
-    real = train_discriminator.make_train_step
+    real = disc_stage.make_train_step
 
     def interrupted_after_step_3(*args, **kwargs):
         step_fn = real(*args, **kwargs)
@@ -199,26 +224,27 @@ def test_sigterm_saves_and_resume_equals_uninterrupted(trained, train_set, tmp_p
 
         return wrapped
 
-    monkeypatch.setattr(train_discriminator, "make_train_step", interrupted_after_step_3)
+    monkeypatch.setattr(disc_stage, "make_train_step", interrupted_after_step_3)
     with pytest.raises(Interrupted, match="step 3"):
-        train_discriminator.train_discriminator(config, str(workdir), train_set)
+        train_discriminator(config, workdir, train_set)
     assert (workdir / "discriminator" / "3").is_dir()
-    monkeypatch.setattr(train_discriminator, "make_train_step", real)
-    summary = train_discriminator.train_discriminator(config, str(workdir), train_set)
+    monkeypatch.setattr(disc_stage, "make_train_step", real)
+    summary = train_discriminator(config, workdir, train_set)
     assert summary["finished"] and "heldout_mean_s_pos" in summary
-    resumed = train_discriminator.load_discriminator(str(workdir), config)[1]
+    resumed = load_discriminator(str(workdir), config)[1]
     for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(resumed)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_missing_or_mismatched_encoder_is_a_clear_error(trained, train_set, tmp_path):
     with pytest.raises(SemsadError, match=r"no trained encoder.*run --mode=encoder"):
-        train_discriminator.train_discriminator(_config(), str(tmp_path / "none"), train_set)
+        run(_config(), str(tmp_path / "none"), "discriminator")
     workdir = _with_encoder(trained, tmp_path / "w")
     other = _config()
     other.encoder.width = 8
     with pytest.raises(SemsadError, match=r"encoder\.width=4.*--mode=encoder --overwrite"):
-        train_discriminator.train_discriminator(other, str(workdir), train_set)
+        run(other, str(workdir), "discriminator")
+    assert not (workdir / "config.json").exists()  # refused before anything was written
     with pytest.raises(SemsadError, match="no trained discriminator"):
-        train_discriminator.load_discriminator(str(workdir), _config())
+        load_discriminator(str(workdir), _config())
     assert not (workdir / "discriminator").exists()

@@ -9,10 +9,23 @@ import sys
 import jax
 import numpy as np
 import pytest
+from helpers import (
+    init_state,
+    load_encoder,
+    load_test_set,
+    load_train_set,
+    train_encoder,
+)
 
 from configs import smoke
-from semsad_jax import parallel, pipeline, train_encoder
+from semsad_jax import parallel
 from semsad_jax.errors import SemsadError
+from semsad_jax.models import build, compute_dtype, split_model
+from semsad_jax.run import run
+from semsad_jax.train import encoder as encoder_stage
+from semsad_jax.train.loop import Interrupted
+from semsad_jax.train.monitors import knn_report
+from semsad_jax.train.step import StepSetup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,14 +39,16 @@ def _config(**encoder):
 
 @pytest.fixture(scope="module")
 def train_set():
-    return pipeline.load_train_set(smoke.get_config())
+    return load_train_set(smoke.get_config())
 
 
 def _two_steps(config, train, mesh):
     spe = len(train) // config.encoder.batch_size
-    graphdef, tx, state = train_encoder.init_state(config, spe, mesh)
+    graphdef, tx, state = init_state("encoder", config, spe, mesh)
     shardings = jax.tree.map(lambda x: x.sharding, state)
-    step_fn = train_encoder.make_train_step(graphdef, tx, config, len(train), mesh, shardings)
+    step_fn = encoder_stage.make_train_step(
+        StepSetup(graphdef, tx, shardings, config.encoder, len(train), mesh, seed=config.seed)
+    )
     images = parallel.replicate(train.images, mesh)
     losses = []
     for step in range(2):
@@ -51,7 +66,7 @@ def test_four_devices_match_one_device(train_set):
     for a, b in zip(jax.tree.leaves(p4), jax.tree.leaves(p1)):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
     # the two steps changed the parameters
-    p0 = train_encoder.split_model(train_encoder.build_encoder(config))[1]
+    p0 = split_model(build("encoder", config.encoder, seed=config.seed))[1]
     moved = [
         np.abs(a - np.asarray(b)).max() for a, b in zip(jax.tree.leaves(p4), jax.tree.leaves(p0))
     ]
@@ -60,13 +75,13 @@ def test_four_devices_match_one_device(train_set):
 
 def test_batch_not_divisible_by_devices(train_set, tmp_path):
     with pytest.raises(SemsadError, match="not divisible by the 4 devices"):
-        train_encoder.train_encoder(_config(batch_size=18), str(tmp_path), train_set)
+        train_encoder(_config(batch_size=18), tmp_path, train_set)
 
 
 def test_train_writes_checkpoints_metrics_and_knn(train_set, tmp_path):
     config = _config()
-    test = pipeline.load_test_set(config)
-    summary = pipeline.run(config, str(tmp_path), "encoder")["encoder"]
+    test = load_test_set(config)
+    summary = run(config, str(tmp_path), "encoder")["encoder"]
     stage = tmp_path / "encoder"
     assert summary["finished"] and summary["total_steps"] == 4
     assert 0.0 <= summary["knn_accuracy"] <= 1.0 and 0.0 <= summary["pixel_knn_accuracy"] <= 1.0
@@ -77,27 +92,30 @@ def test_train_writes_checkpoints_metrics_and_knn(train_set, tmp_path):
     assert [r["step"] for r in lines] == [1, 2, 3, 4]
     assert all(np.isfinite(r["loss"]) and r["images_per_s"] > 0 for r in lines)
     # restorable, and the restored encoder gives the recorded kNN accuracy again
-    graphdef, params, stats = train_encoder.load_encoder(str(tmp_path), config)
+    graphdef, params, stats = load_encoder(str(tmp_path), config)
     state = {"params": params, "batch_stats": stats}
-    again = train_encoder.knn_report(graphdef, state, train_set, test, config, parallel.make_mesh())
+    again = knn_report(
+        graphdef, state, train_set, test, config.encoder, batch_size=32,
+        dtype=compute_dtype("float32"), mesh=parallel.make_mesh(),
+    )  # fmt: skip
     assert again["knn_accuracy"] == pytest.approx(summary["knn_accuracy"])
     # a second run reuses the finished stage instead of retraining
     mtime = (stage / "4").stat().st_mtime
-    pipeline.run(config, str(tmp_path), "encoder")
+    run(config, str(tmp_path), "encoder")
     assert (stage / "4").stat().st_mtime == mtime
     # another architecture in the same workdir is refused, nothing overwritten
     with pytest.raises(SemsadError, match=r"encoder\.width"):
-        pipeline.run(_config(width=8), str(tmp_path), "encoder")
+        run(_config(width=8), str(tmp_path), "encoder")
     assert (stage / "4").exists()
 
 
 def test_sigterm_saves_and_resume_equals_uninterrupted(train_set, tmp_path, monkeypatch):
     config = _config(epochs=2, checkpoint_every_steps=3)  # 8 steps, checkpoints at 3, 6, 8
-    full = train_encoder.train_encoder(config, str(tmp_path / "a"), train_set)
+    full = train_encoder(config, tmp_path / "a", train_set)
     assert full["total_steps"] == 8
-    expected = train_encoder.load_encoder(str(tmp_path / "a"), config)[1]
+    expected = load_encoder(str(tmp_path / "a"), config)[1]
 
-    real = train_encoder.make_train_step
+    real = encoder_stage.make_train_step
 
     def interrupted_after_step_4(*args, **kwargs):
         step_fn = real(*args, **kwargs)
@@ -110,15 +128,13 @@ def test_sigterm_saves_and_resume_equals_uninterrupted(train_set, tmp_path, monk
 
         return wrapped
 
-    monkeypatch.setattr(train_encoder, "make_train_step", interrupted_after_step_4)
-    from semsad_jax.trainer import Interrupted
-
+    monkeypatch.setattr(encoder_stage, "make_train_step", interrupted_after_step_4)
     with pytest.raises(Interrupted, match="step 5"):
-        train_encoder.train_encoder(config, str(tmp_path / "b"), train_set)
+        train_encoder(config, tmp_path / "b", train_set)
     assert (tmp_path / "b" / "encoder" / "5").is_dir()
-    monkeypatch.setattr(train_encoder, "make_train_step", real)
-    train_encoder.train_encoder(config, str(tmp_path / "b"), train_set)
-    resumed = train_encoder.load_encoder(str(tmp_path / "b"), config)[1]
+    monkeypatch.setattr(encoder_stage, "make_train_step", real)
+    train_encoder(config, tmp_path / "b", train_set)
+    resumed = load_encoder(str(tmp_path / "b"), config)[1]
     for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(resumed)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 

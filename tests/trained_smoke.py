@@ -1,6 +1,6 @@
 """One trained (and one evaluated) smoke workdir per test process, shared by the eval-side tests.
 
-``trained()`` runs ``pipeline.run(smoke, wd, "encoder")`` then ``"discriminator"`` once;
+``trained()`` runs ``run(smoke, wd, "encoder")`` then ``"discriminator"`` once;
 ``evaluated()`` copies it and runs ``"eval"`` once (with plots). Tests that write to a workdir take a
 ``copy_of(...)`` so the shared ones never change. Everything is removed when the process exits.
 """
@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 
 from configs import smoke
+from semsad_jax.evaluation.detector import Detector
+from semsad_jax.run import run
 
 _ROOT = tempfile.mkdtemp(prefix="semsad-smoke-")
 atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
@@ -32,11 +34,9 @@ def config(**eval_fields):
 def trained() -> str:
     """A smoke workdir with a finished encoder, feature bank and discriminator (do not modify)."""
     if "trained" not in _DONE:
-        from semsad_jax import pipeline
-
         workdir = os.path.join(_ROOT, "trained")
-        pipeline.run(config(), workdir, "encoder")
-        pipeline.run(config(), workdir, "discriminator")
+        run(config(), workdir, "encoder")
+        run(config(), workdir, "discriminator")
         _DONE["trained"] = workdir
     return _DONE["trained"]
 
@@ -44,10 +44,8 @@ def trained() -> str:
 def evaluated() -> str:
     """A copy of :func:`trained` after ``--mode=eval`` with plots (do not modify)."""
     if "evaluated" not in _DONE:
-        from semsad_jax import pipeline
-
         workdir = copy_of(trained(), os.path.join(_ROOT, "evaluated"))
-        pipeline.run(config(plots=True), workdir, "eval")
+        run(config(plots=True), workdir, "eval")
         _DONE["evaluated"] = workdir
     return _DONE["evaluated"]
 
@@ -55,8 +53,6 @@ def evaluated() -> str:
 def detector():
     """A Detector restored from :func:`evaluated` (shared: do not modify)."""
     if "detector" not in _DONE:
-        from semsad_jax.detector import Detector
-
         _DONE["detector"] = Detector.restore(evaluated())
     return _DONE["detector"]
 

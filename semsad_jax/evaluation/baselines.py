@@ -1,0 +1,126 @@
+"""Label-free baselines on the SAME encoder's features, scored in the same eval run as SemSAD.
+
+Both follow this package's convention: a HIGHER score means MORE in-distribution.
+
+* ``knn`` (Sun et al. 2022, "KNN"): cosine similarity of a test image's h feature to its k-th nearest
+  training feature (k = ``eval.knn_k``, default 1), searched exactly on the device.
+* ``mahalanobis`` (SSD, Sehwag et al. 2021, without labels): one Gaussian (or one per k-means cluster)
+  fitted to the L2-normalised training-bank features; score = minus the Mahalanobis distance to the
+  nearest cluster. The precision matrix is the pseudo-inverse of the (biased) covariance, optionally
+  shrunk towards a scaled identity first (``eval.mahalanobis_shrinkage``; 0 = SSD's plain pinv).
+  Eigenvalues below ``PINV_RTOL`` x the largest count as zero: numpy's default cut-off (about 1e-14)
+  keeps rounding-noise directions, which dominate the distance when the bank has fewer images than
+  feature dimensions or the features fill only a subspace.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from jax.sharding import Mesh
+
+from semsad_jax.errors import SemsadError
+from semsad_jax.method.neighbours import l2_normalize, top_k_cosine
+
+__all__ = ["Gaussians", "fit_mahalanobis", "knn_scores", "mahalanobis_scores"]
+PINV_RTOL = 1e-6
+
+
+def knn_scores(
+    queries: np.ndarray, bank: np.ndarray, k: int = 1, *, mesh: Mesh | None = None
+) -> np.ndarray:
+    """Cosine similarity of each query to its ``k``-th nearest bank row.
+
+    Args:
+      queries: float [Q, D] features (any norm; cosine is used).
+      bank: float [N, D] training features.
+      k: 1 <= k <= N.
+    Returns:
+      float32 [Q]; higher = more in-distribution.
+    """
+    sims, _ = top_k_cosine(queries, bank, int(k), mesh=mesh)
+    return sims[:, int(k) - 1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Gaussians:
+    """Fitted Mahalanobis model.
+
+    Attributes:
+      means: float64 [C, D] cluster means (C = 1 for the single-Gaussian SSD baseline).
+      precisions: float64 [C, D, D] pseudo-inverses of the (shrunk) cluster covariances.
+    """
+
+    means: np.ndarray
+    precisions: np.ndarray
+
+
+def _normalized(features: np.ndarray) -> np.ndarray:
+    features = np.asarray(features)
+    if features.ndim != 2 or len(features) == 0:
+        raise SemsadError(f"features have shape {features.shape}; pass a non-empty [N, D] array.")
+    return np.asarray(l2_normalize(features), dtype=np.float64)
+
+
+def fit_mahalanobis(
+    bank: np.ndarray, *, clusters: int = 1, shrinkage: float = 0.0, seed: int = 0
+) -> Gaussians:
+    """Fits the SSD Gaussian(s) to training features.
+
+    Args:
+      bank: float [N, D] training features (L2-normalised here, as SSD does).
+      clusters: 1 = one Gaussian; > 1 = k-means (scikit-learn, ``seed``) and one Gaussian per cluster.
+      shrinkage: alpha in [0, 1]; covariance (1 - alpha) S + alpha tr(S)/D I before the pinv.
+    Returns:
+      :class:`Gaussians` with float64 means [C, D] and precisions [C, D, D].
+    """
+    feats = _normalized(bank)
+    if not 0.0 <= shrinkage <= 1.0:
+        raise SemsadError(f"eval.mahalanobis_shrinkage={shrinkage} is outside [0, 1]; use e.g. 0.")
+    if not 1 <= int(clusters) <= len(feats):
+        raise SemsadError(
+            f"eval.mahalanobis_clusters={clusters} is out of range for {len(feats)} training "
+            "features; use 1 (one Gaussian) or a few clusters."
+        )
+    if int(clusters) == 1:
+        assignment = np.zeros(len(feats), np.int64)
+    else:
+        from sklearn.cluster import KMeans
+
+        km = KMeans(n_clusters=int(clusters), n_init=10, random_state=seed).fit(feats)
+        assignment = km.labels_
+    means, precisions = [], []
+    dim = feats.shape[1]
+    for c in range(int(clusters)):
+        members = feats[assignment == c]
+        mean = members.mean(axis=0)
+        centred = members - mean
+        cov = centred.T @ centred / len(members)
+        if shrinkage:
+            cov = (1.0 - shrinkage) * cov + shrinkage * (np.trace(cov) / dim) * np.eye(dim)
+        means.append(mean)
+        precisions.append(np.linalg.pinv(cov, rcond=PINV_RTOL, hermitian=True))
+    return Gaussians(np.stack(means), np.stack(precisions))
+
+
+def mahalanobis_scores(model: Gaussians, features: np.ndarray) -> np.ndarray:
+    """Minus the Mahalanobis distance of each (L2-normalised) feature to its nearest cluster.
+
+    Args:
+      features: float [Q, D].
+    Returns:
+      float32 [Q]; higher = more in-distribution.
+    """
+    feats = _normalized(features)
+    if feats.shape[1] != model.means.shape[1]:
+        raise SemsadError(
+            f"features have dimension {feats.shape[1]} but the Gaussians {model.means.shape[1]}; "
+            "use features from the same encoder."
+        )
+    squared = []
+    for mean, precision in zip(model.means, model.precisions):
+        centred = feats - mean
+        squared.append(np.einsum("qd,de,qe->q", centred, precision, centred))
+    distance = np.sqrt(np.maximum(np.min(np.stack(squared), axis=0), 0.0))
+    return (-distance).astype(np.float32)

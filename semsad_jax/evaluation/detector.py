@@ -1,0 +1,220 @@
+"""A trained SemSAD detector for notebooks and scripts: restore once, score any images.
+
+    from semsad_jax import Detector
+    det = Detector.restore("runs/c10")       # reads runs/c10/config.json; no training data needed
+    scores = det.score(images_uint8)         # float32 [N], higher = more in-distribution
+    flags = det.is_ood(images_uint8)         # bool [N], at the 95% threshold stored by --mode=eval
+    nn = det.nearest(images_uint8)           # nn.indices int32 [N, 1] into det.bank.images
+
+The score of an image x is s(r, x): the discriminator's score of the pair (reference r = the top-1
+cosine neighbour of x among the training features, partner = x). With ``discriminator.norm`` "batch"
+or "group" a score does not depend on the other images scored with it. With "batch_transductive"
+(the authors' evaluation) the images are scored in consecutive batches of ``eval.batch_size`` that
+normalise with their own statistics, so a score DOES depend on its batch: see :func:`bn_mode`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from semsad_jax import parallel
+from semsad_jax.data import images_from_array
+from semsad_jax.errors import SemsadError
+from semsad_jax.method.features import compute_features
+from semsad_jax.method.neighbours import top_k_cosine
+from semsad_jax.method.scoring import discriminator_scores
+from semsad_jax.models import compute_dtype
+from semsad_jax.workdir.bank import load_bank
+from semsad_jax.workdir.layout import ConfigView, Workdir, as_workdir, run_identities
+from semsad_jax.workdir.restore import check_bank_matches, restore_network
+
+log = logging.getLogger(__name__)
+BN_MODES = {
+    "batch": "running_stats",
+    "group": "group_norm",
+    "batch_transductive": "transductive (authors' evaluation)",
+}
+
+
+def bn_mode(config: Any) -> str:
+    """How the discriminator normalises at test time, as recorded in every eval output."""
+    norm = config.discriminator.norm
+    if norm not in BN_MODES:
+        raise SemsadError(f"unknown discriminator.norm {norm!r}; use one of {', '.join(BN_MODES)}.")
+    return BN_MODES[norm]
+
+
+def is_transductive(config: Any) -> bool:
+    return config.discriminator.norm == "batch_transductive"
+
+
+def read_config(workdir: str | Workdir) -> ConfigView:
+    """The resolved config a workdir was trained with (WORKDIR/config.json)."""
+    return as_workdir(workdir).config()
+
+
+class Neighbours(NamedTuple):
+    """Nearest training images: ``indices`` int32 [N, k] into the bank, ``similarities`` f32 [N, k]."""
+
+    indices: np.ndarray
+    similarities: np.ndarray
+
+
+@dataclasses.dataclass
+class Detector:
+    """Encoder h, discriminator s and the training bank of one trained workdir.
+
+    Attributes:
+      config: the run's config (ConfigDict or :class:`ConfigView`).
+      encoder: (graphdef, params, batch_stats) of h.
+      discriminator: (graphdef, params, batch_stats) of s.
+      bank: the training bank (``features`` f32 [N, D], ``images`` u8 [N, H, W, 3], ...).
+      threshold: the stored semsad threshold (None before --mode=eval).
+      mesh: the device mesh everything runs on.
+      workdir: where it was restored from (None when built by hand).
+    """
+
+    config: Any
+    encoder: tuple
+    discriminator: tuple
+    bank: Any
+    threshold: float | None = None
+    mesh: Mesh | None = None
+    workdir: str | None = None
+
+    @classmethod
+    def restore(cls, workdir: str | Workdir, *, mesh: Mesh | None = None) -> Detector:
+        """Restores a trained detector from ``workdir`` with its own config.json (Orbax checkpoints)."""
+        wd = as_workdir(workdir)
+        return cls.from_workdir(wd.config(), wd, mesh=mesh)
+
+    @classmethod
+    def from_workdir(
+        cls, config: Any, workdir: str | Workdir, *, mesh: Mesh | None = None
+    ) -> Detector:
+        """Restores encoder, discriminator and bank of ``workdir`` under ``config``."""
+        wd = as_workdir(workdir)
+        wd.check_trained()
+        check_bank_matches(wd)
+        mesh = mesh or parallel.make_mesh()
+        identities = run_identities(config)
+        restore = lambda stage: restore_network(
+            wd, stage, config[stage], identities[stage], dtype=config.dtype, mesh=mesh
+        )
+        encoder, discriminator = restore("encoder"), restore("discriminator")
+        bank = load_bank(wd)
+        return cls(config, encoder, discriminator, bank, wd.threshold(), mesh, wd.path)
+
+    def __post_init__(self) -> None:
+        self.mesh = self.mesh or parallel.make_mesh()
+
+    @property
+    def image_size(self) -> int:
+        """Side length of the images the detector was trained on."""
+        return int(self.bank.images.shape[1])
+
+    @property
+    def bn_mode(self) -> str:
+        return bn_mode(self.config)
+
+    @property
+    def _dtype(self):
+        return compute_dtype(self.config.dtype)
+
+    def check_images(self, images: Any, *, resize: bool = False) -> np.ndarray:
+        """uint8 [N, S, S, 3] at the bank's size S; with ``resize`` any image array is converted.
+
+        Without ``resize``, anything else is a SemsadError naming the expected shape.
+        """
+        if resize:
+            return images_from_array(np.asarray(images), self.image_size)
+        images = np.asarray(images)
+        s = self.image_size
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (s, s, 3):
+            raise SemsadError(
+                f"images are {images.dtype} {tuple(images.shape)} but the detector takes uint8 "
+                f"[N, {s}, {s}, 3]; convert with semsad_jax.data.images_from_array(images, {s}) "
+                "or pass resize=True."
+            )
+        if len(images) == 0:
+            raise SemsadError("no images given; pass at least one image.")
+        return images
+
+    def features(self, images: Any, *, resize: bool = False) -> np.ndarray:
+        """L2-normalised h features (inference mode): uint8 images -> float32 [N, D]."""
+        images = self.check_images(images, resize=resize)
+        graphdef, params, stats = self.encoder
+        return compute_features(
+            graphdef,
+            params,
+            stats,
+            images,
+            mesh=self.mesh,
+            batch_size=int(self.config.eval.batch_size),
+            dtype=self._dtype,
+        )
+
+    def nearest_features(self, features: np.ndarray, k: int = 1) -> Neighbours:
+        """Top-``k`` cosine neighbours in the training bank of features [N, D]."""
+        sims, idx = top_k_cosine(
+            features, self.bank.features, int(k), normalized=True, mesh=self.mesh
+        )
+        return Neighbours(idx, sims)
+
+    def nearest(self, images: Any, k: int = 1, *, resize: bool = False) -> Neighbours:
+        """The ``k`` most similar training images of each image (indices into ``bank.images``)."""
+        return self.nearest_features(self.features(images, resize=resize), k)
+
+    def pair_scores(self, references: np.ndarray, partners: np.ndarray) -> np.ndarray:
+        """s(reference, partner) for uint8 [N, H, W, 3] pairs -> float32 [N].
+
+        Default norms: padded batches, each score independent of the batch. Transductive: consecutive
+        groups of ``eval.batch_size`` pairs, each normalised with its own statistics (last group short).
+        """
+        graphdef, params, stats = self.discriminator
+        batch = int(self.config.eval.batch_size)
+        score = lambda refs, parts, mesh, size: discriminator_scores(
+            graphdef, params, stats, refs, parts, mesh=mesh, batch_size=size, dtype=self._dtype
+        )
+        if not is_transductive(self.config):
+            return score(references, partners, self.mesh, batch)
+        out = []
+        for start in range(0, len(partners), batch):
+            refs, parts = references[start : start + batch], partners[start : start + batch]
+            # A group that does not split evenly over the devices runs on one device, unpadded.
+            mesh = self.mesh if len(parts) % self.mesh.devices.size == 0 else _one_device()
+            out.append(score(refs, parts, mesh, len(parts)))
+        return np.concatenate(out).astype(np.float32)
+
+    def score_with_neighbours(
+        self, images: Any, *, k: int = 1, resize: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, Neighbours]:
+        """(semsad scores f32 [N], h features f32 [N, D], top-``k`` neighbours) of the images."""
+        images = self.check_images(images, resize=resize)
+        feats = self.features(images)
+        nn = self.nearest_features(feats, max(1, int(k)))
+        scores = self.pair_scores(self.bank.images[nn.indices[:, 0]], images)
+        return scores, feats, nn
+
+    def score(self, images: Any, *, resize: bool = False) -> np.ndarray:
+        """SemSAD score s(nearest training image, image): float32 [N], higher = more in-distribution."""
+        return self.score_with_neighbours(images, resize=resize)[0]
+
+    def is_ood(self, images: Any, *, resize: bool = False) -> np.ndarray:
+        """bool [N]: score below the stored threshold (which keeps ``eval.tpr`` of the test set)."""
+        if self.threshold is None:
+            raise SemsadError(
+                f"no stored threshold in {self.workdir}; run --mode=eval first (it writes "
+                "eval/results.json with threshold_95)."
+            )
+        return self.score(images, resize=resize) < self.threshold
+
+
+def _one_device() -> Mesh:
+    return parallel.make_mesh(jax.local_devices()[:1])

@@ -1,0 +1,93 @@
+"""The two networks of SemSAD built from their config sections, and their (graphdef, state) split.
+
+``build("encoder", config.encoder, seed=..., dtype=...)`` gives h: a 3-channel ReLU ResNet.
+``build("discriminator", config.discriminator, ...)`` gives s: a 6-channel ResNet (the two images of
+a pair stacked on channels) with the section's activation (ELU by default). The discriminator's
+parameters are drawn from ``seed + 1`` so that h and s never start from the same random stream.
+
+Models travel through jit, Orbax and the device mesh as ``(graphdef, params, batch_stats)``:
+:func:`split_model` and ``nnx.merge`` convert between the two forms.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+from flax import nnx
+
+from semsad_jax.errors import SemsadError
+from semsad_jax.models.resnet import ResNet, canonical_dtype
+
+__all__ = [
+    "ARCH_KEYS",
+    "KINDS",
+    "build",
+    "compute_dtype",
+    "make_discriminator",
+    "make_encoder",
+    "model_stats",
+    "split_model",
+]
+
+KINDS = ("encoder", "discriminator")
+# The config keys that fix a network's parameter tree (conv_impl only chooses how it is computed).
+ARCH_KEYS = {
+    "encoder": ("depth", "width", "norm", "head", "out_dim"),
+    "discriminator": ("depth", "width", "activation", "norm", "out_dim", "head"),
+}
+_SEED_OFFSET = {"encoder": 0, "discriminator": 1}
+
+
+def compute_dtype(name: Any) -> jnp.dtype:
+    """The compute dtype named by ``config.dtype`` ("float32" or "bfloat16"); SemsadError otherwise."""
+    return canonical_dtype(name)
+
+
+def _resnet(section: Any, in_channels: int, activation: str, rngs: nnx.Rngs, dtype: Any) -> ResNet:
+    return ResNet(
+        depth=section.depth,
+        width=section.width,
+        in_channels=in_channels,
+        activation=activation,
+        norm=section.norm,
+        head=section.head,
+        out_dim=section.out_dim,
+        dtype=dtype,
+        conv_impl=section.conv_impl,
+        rngs=rngs,
+    )
+
+
+def make_encoder(section: Any, *, rngs: nnx.Rngs, dtype: Any = jnp.float32) -> ResNet:
+    """Encoder h from its config section (depth, width, norm, head, out_dim, conv_impl); 3 channels,
+    ReLU."""
+    return _resnet(section, 3, "relu", rngs, dtype)
+
+
+def make_discriminator(section: Any, *, rngs: nnx.Rngs, dtype: Any = jnp.float32) -> ResNet:
+    """Pair discriminator s from its config section: 6 input channels (reference, partner).
+
+    Reads depth, width, activation, norm, head, out_dim (1, or the authors' 64) and conv_impl.
+    """
+    return _resnet(section, 6, section.activation, rngs, dtype)
+
+
+def build(kind: str, section: Any, *, seed: int, dtype: Any = "float32") -> ResNet:
+    """The ``kind`` network ("encoder" or "discriminator") of ``section`` with fresh parameters."""
+    if kind not in KINDS:
+        raise SemsadError(f"unknown network {kind!r}; use one of {', '.join(KINDS)}.")
+    make = make_encoder if kind == "encoder" else make_discriminator
+    rngs = nnx.Rngs(int(seed) + _SEED_OFFSET[kind])
+    return make(section, rngs=rngs, dtype=compute_dtype(dtype))
+
+
+def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, dict, dict]:
+    """(graphdef, params pure dict, batch_stats pure dict) of an NNX model."""
+    graphdef, params, stats = nnx.split(model, nnx.Param, ...)
+    return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(stats)
+
+
+def model_stats(model: nnx.Module) -> dict:
+    """The non-parameter state (BatchNorm running statistics) of ``model`` as a pure dict."""
+    return nnx.to_pure_dict(nnx.split(model, nnx.Param, ...)[2])

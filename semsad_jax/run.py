@@ -1,0 +1,145 @@
+"""The modes in order, behind one function that main.py and notebooks call.
+
+``run(config, workdir, mode)`` takes the workdir lock, checks that the stages it will run match what
+the workdir holds, writes the resolved config to ``WORKDIR/config.json``, loads the data the mode
+needs (each set decoded once) and runs the stage(s)::
+
+    encoder -> discriminator -> eval        (``all`` runs the three in order)
+    score   (needs a finished, evaluated workdir)    report (aggregates several workdirs)
+
+This is the only module that reads the whole config: below it, every function takes the config
+section it uses.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import jax
+
+from semsad_jax import parallel
+from semsad_jax.data import DataSets
+from semsad_jax.errors import SemsadError
+from semsad_jax.evaluation.evaluate import evaluate
+from semsad_jax.evaluation.report import run_report
+from semsad_jax.evaluation.score import score_images
+from semsad_jax.train.discriminator import train_discriminator
+from semsad_jax.train.encoder import train_encoder
+from semsad_jax.train.stage import StageContext
+from semsad_jax.workdir.layout import Workdir, run_identities
+from semsad_jax.workdir.restore import restore_network
+
+log = logging.getLogger(__name__)
+MODES = ("encoder", "discriminator", "eval", "score", "all", "report")
+TRAINS = {"encoder": ("encoder",), "discriminator": ("discriminator",)}
+TRAINS["all"] = TRAINS["encoder"] + TRAINS["discriminator"]
+ENCODER_HINT = (
+    "use the config it was trained with, or retrain it first with --mode=encoder --overwrite"
+)
+
+
+def _check_workdir(workdir: str | None) -> Workdir:
+    if not workdir:
+        raise SemsadError("no --workdir given; pass --workdir=DIR (created if missing).")
+    path = os.path.abspath(os.path.expanduser(workdir))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise SemsadError(f"--workdir {path} exists and is not a directory; choose another.")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise SemsadError(
+            f"cannot create --workdir {path} ({err.strerror}); choose a writable directory."
+        ) from None
+    return Workdir(path)
+
+
+def _quiet_logs() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("absl", "jax._src.xla_bridge", "orbax"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run(
+    config: Any,
+    workdir: str | None,
+    mode: str,
+    *,
+    overwrite: bool = False,
+    ood: list[str] | tuple[str, ...] = (),
+    images: str | None = None,
+    workdirs: list[str] | tuple[str, ...] = (),
+) -> dict:
+    """Runs ``mode`` on ``workdir``; returns the stage summaries by name."""
+    _quiet_logs()
+    if mode not in MODES:
+        raise SemsadError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}.")
+    if mode == "report":
+        return {"report": run_report(list(workdirs) or [workdir], config)}
+    if mode == "score" and not images:
+        raise SemsadError("--mode=score needs --images=SPEC (e.g. folder:my_images).")
+    parallel.maybe_initialize_distributed()
+    wd = _check_workdir(workdir)
+    mesh = parallel.make_mesh()
+    sets = DataSets(config.data, int(config.seed))
+    identities = run_identities(config)
+    ctx = StageContext(
+        workdir=wd,
+        mesh=mesh,
+        seed=int(config.seed),
+        dtype=str(config.dtype),
+        progress=bool(config.progress),
+        tensorboard=bool(config.tensorboard),
+        overwrite=overwrite,
+    )
+    results: dict = {}
+    with wd.lock() if jax.process_index() == 0 else _NoLock():
+        trains = TRAINS.get(mode, ())
+        if trains:  # refuse a mismatch before config.json (or anything else) is written
+            for stage in () if overwrite else trains:
+                wd.check_identity(stage, identities[stage])
+            if "encoder" not in trains:  # the discriminator builds on the workdir's encoder
+                wd.check_identity("encoder", identities["encoder"], hint=ENCODER_HINT)
+            wd.write(wd.config_json, config.to_dict())
+        if "encoder" in trains:
+            results["encoder"] = train_encoder(
+                config.encoder,
+                ctx,
+                sets.train(),
+                sets.test(),
+                identity=identities["encoder"],
+                feature_batch_size=int(config.discriminator.feature_batch_size),
+            )
+        if "discriminator" in trains:
+            encoder = restore_network(
+                wd,
+                "encoder",
+                config.encoder,
+                identities["encoder"],
+                dtype=config.dtype,
+                mesh=mesh,
+                hint=ENCODER_HINT,
+            )
+            results["discriminator"] = train_discriminator(
+                config.discriminator,
+                ctx,
+                sets.train(),
+                encoder,
+                sets.test(),
+                identity=identities["discriminator"],
+                encoder_identity=identities["encoder"],
+            )
+        if mode in ("eval", "all"):
+            results["eval"] = evaluate(config, wd, extra_ood=list(ood), mesh=mesh, sets=sets)
+        if mode == "score":
+            results["score"] = score_images(config, wd, images, mesh=mesh, sets=sets)
+    return results
+
+
+class _NoLock:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None

@@ -1,0 +1,189 @@
+"""Stage 2: the pair discriminator s (``--mode=discriminator``).
+
+First the feature bank (:mod:`semsad_jax.workdir.bank`: h features, semantic neighbourhoods and
+images of the training set) is built or reused. The bank's images and neighbourhoods then live on
+the device (replicated, uint8); each step draws B distinct images from a per-pass permutation keyed
+by ``fold_in(seed, pass)``, samples positive and negative pairs (:mod:`semsad_jax.method.pairs`) and
+gamma with keys from ``fold_in(seed, step)``, all inside one jitted, state-donating step, so a
+resumed run continues exactly as an uninterrupted one would.
+
+Norms: ``batch`` puts positives and negatives through ONE forward pass (BatchNorm sees a mixed
+batch; running statistics at inference); ``group`` likewise; ``batch_transductive`` (the authors')
+runs positives and negatives in TWO forward passes with batch statistics, also at inference.
+Metrics: loss, ``s_pos`` / ``s_neg`` (mean pair score, :func:`method.losses.pair_score`, of the
+batch's positive / negative pairs), gamma, and ``images_per_s`` counting pairs (2B per step).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from semsad_jax import parallel
+from semsad_jax.data import ImageSet
+from semsad_jax.method.losses import discriminator_loss, pair_score, sample_gamma
+from semsad_jax.method.pairs import pair_settings, sample_pairs, stack_pair
+from semsad_jax.method.scoring import forward_pairs
+from semsad_jax.models import build, compute_dtype, model_stats
+from semsad_jax.train import step as steps
+from semsad_jax.train.monitors import heldout_report
+from semsad_jax.train.stage import StageContext, StagePlan, run_stage
+from semsad_jax.workdir.bank import build_bank
+
+__all__ = ["make_train_step", "steps_per_epoch", "train_discriminator"]
+
+log = logging.getLogger(__name__)
+STAGE = "discriminator"
+_STEP_CACHE: dict = {}  # jitted steps by _step_cache_key (insertion order = age)
+_STEP_CACHE_SIZE = 4
+
+
+def steps_per_epoch(section: Any, num_images: int) -> int:
+    """``section.steps_per_epoch``, or len(train) // batch_size when it is 0."""
+    return int(section.steps_per_epoch) or num_images // int(section.batch_size)
+
+
+def make_train_step(setup: steps.StepSetup):
+    """The jitted step ``(state, images u8 [N,H,W,3], neighbours i32 [N,k], step) -> (state, metrics)``.
+
+    ``setup.section``: the ``discriminator`` config section. Images and neighbours are replicated;
+    the state is donated. Metrics: loss, s_pos, s_neg, gamma, finite (every parameter finite).
+    ``setup.tx`` must be ``make_optimizer(section, ...)``: steps are cached by everything but the
+    seed (graphdef, section, dtype, num_images, mesh, shardings), so a resumed or repeated run in
+    the same process, with any seed, does not compile again.
+    """
+    cache_key = _step_cache_key(setup)
+    jitted = _STEP_CACHE.get(cache_key) if cache_key is not None else None
+    if jitted is None:
+        jitted = _compile_step(setup)
+        if cache_key is not None:
+            while len(_STEP_CACHE) >= _STEP_CACHE_SIZE:
+                _STEP_CACHE.pop(next(iter(_STEP_CACHE)))
+            _STEP_CACHE[cache_key] = jitted
+    return steps.with_seed_key(jitted, setup.seed, setup.mesh)
+
+
+def _compile_step(setup: steps.StepSetup):
+    """The jitted ``step_fn(state, images, neighbours, step, root_key)`` of make_train_step."""
+    graphdef, tx, section, num_images = setup.graphdef, setup.tx, setup.section, setup.num_images
+    dtype = compute_dtype(setup.dtype)
+    batch = int(section.batch_size)
+    settings = pair_settings(section)
+    two_passes = section.norm == "batch_transductive"
+    gamma_mode, gamma_max = section.gamma, float(section.gamma_max)
+    sharded = parallel.batch_sharding(setup.mesh)
+
+    def step_fn(state, images, neighbours, step, root):
+        data_key, pair_key, gamma_key = (jax.random.fold_in(root, i) for i in (3, 4, 5))
+        idx = steps.batch_indices(data_key, step, num_images, batch)
+        pairs = sample_pairs(
+            jax.random.fold_in(pair_key, step), images, neighbours, idx, settings, dtype
+        )
+        pos = jax.lax.with_sharding_constraint(
+            stack_pair(pairs["ref_pos"], pairs["partner_pos"]), sharded
+        )
+        neg = jax.lax.with_sharding_constraint(
+            stack_pair(pairs["ref_neg"], pairs["partner_neg"]), sharded
+        )
+        gamma = sample_gamma(jax.random.fold_in(gamma_key, step), gamma_mode, gamma_max)
+
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params, state["batch_stats"])
+            model.train()
+            s_pos, s_neg = forward_pairs(model, pos, neg, two_passes)
+            loss = discriminator_loss(s_pos, s_neg, gamma)
+            means = (jnp.mean(pair_score(s_pos)), jnp.mean(pair_score(s_neg)))
+            return loss, (model_stats(model), means)
+
+        new, loss, (mean_pos, mean_neg), finite = steps.gradient_step(tx, state, loss_fn)
+        metrics = {"loss": loss, "s_pos": mean_pos, "s_neg": mean_neg, "gamma": gamma}
+        return new, {**metrics, "finite": finite}
+
+    return steps.jit_step(step_fn, setup)
+
+
+def _step_cache_key(setup: steps.StepSetup) -> tuple | None:
+    if not hasattr(setup.section, "to_dict"):
+        return None
+    leaves, treedef = jax.tree.flatten(setup.state_sharding)
+    # Everything the step reads but the seed (an argument): the section's settings and the dtype.
+    settings = {"section": setup.section.to_dict(), "dtype": str(compute_dtype(setup.dtype))}
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return (setup.graphdef, text, int(setup.num_images), setup.mesh, treedef, tuple(leaves))
+
+
+def train_discriminator(
+    section: Any,
+    ctx: StageContext,
+    train: ImageSet,
+    encoder: tuple,
+    test: ImageSet | None = None,
+    *,
+    identity: dict,
+    encoder_identity: dict | None = None,
+) -> dict:
+    """Builds (or reuses) the feature bank, then trains, resumes or reuses the discriminator.
+
+    Args:
+      section: the ``discriminator`` config section.
+      ctx: the run's workdir, mesh, seed, dtype and logging switches.
+      train: training images (uint8 [N,H,W,3]), as the encoder was trained on.
+      encoder: (graphdef, params, batch_stats) of the finished encoder
+        (:func:`semsad_jax.workdir.restore.restore_network`).
+      test: held-out images for the final held-out pair report, or None.
+      identity: the discriminator's identity (it includes the encoder's).
+      encoder_identity: recorded in the bank for provenance.
+    Returns:
+      the stage.json of the discriminator.
+    """
+    batch = int(section.batch_size)
+    steps.check_batch_size(batch, len(train), ctx.mesh, "discriminator.batch_size")
+    pair_settings(section)  # unknown variant / preset -> SemsadError before any work
+    dtype = compute_dtype(ctx.dtype)
+    bank = build_bank(
+        ctx.workdir,
+        section,
+        train,
+        encoder,
+        dtype=dtype,
+        encoder_identity=encoder_identity,
+        mesh=ctx.mesh,
+    )
+
+    def make_step(setup: steps.StepSetup):
+        images, neighbours = parallel.replicate((bank.images, bank.neighbours), ctx.mesh)
+        step = make_train_step(setup)
+        return lambda state, i: step(state, images, neighbours, i)
+
+    def report(graphdef, state) -> dict:
+        kw = dict(seed=ctx.seed, dtype=dtype, mesh=ctx.mesh)
+        heldout = heldout_report(graphdef, state, encoder, test, section, **kw)
+        if heldout:
+            log.info(
+                "discriminator on %d held-out pairs: mean s %.3f on positives vs %.3f on "
+                "negatives (pair AUROC %.4f)",
+                heldout["heldout_pairs"],
+                heldout["heldout_mean_s_pos"],
+                heldout["heldout_mean_s_neg"],
+                heldout["heldout_pair_auroc"],
+            )
+        return {"bank_build_seconds": bank.meta.get("build_seconds"), **heldout}
+
+    plan = StagePlan(
+        name=STAGE,
+        section=section,
+        identity=identity,
+        build=lambda: build(STAGE, section, seed=ctx.seed, dtype=dtype),
+        steps_per_epoch=steps_per_epoch(section, len(train)),
+        images_per_step=2 * batch,
+        num_train=len(train),
+        make_step=make_step,
+        record={"encoder_digest": bank.meta["encoder_digest"]},
+        report=report,
+    )
+    return run_stage(plan, ctx)

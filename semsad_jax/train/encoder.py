@@ -1,0 +1,129 @@
+"""Stage 1: the contrastive encoder h (``--mode=encoder``).
+
+The whole training set lives on the device as uint8 (replicated); each step draws its batch from a
+per-epoch permutation keyed by ``fold_in(seed, epoch)`` and augments two views with keys from
+``fold_in(seed, step)``, all inside one jitted, state-donating step. So a run is reproducible, and
+a resumed run continues exactly as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from semsad_jax import parallel
+from semsad_jax.augment import augment_batch, get_spec
+from semsad_jax.data import ImageSet
+from semsad_jax.method.losses import contrastive_loss
+from semsad_jax.models import build, compute_dtype, model_stats
+from semsad_jax.train import step as steps
+from semsad_jax.train.monitors import knn_report, pixel_floor
+from semsad_jax.train.stage import StageContext, StagePlan, run_stage
+
+log = logging.getLogger(__name__)
+STAGE = "encoder"
+
+__all__ = ["make_train_step", "train_encoder"]
+
+
+def make_train_step(setup: steps.StepSetup):
+    """The jitted step ``(state, images_uint8 [N,H,W,3] replicated, step) -> (state, metrics)``.
+
+    ``setup.section``: the ``encoder`` config section. The state is donated. Metrics: ``loss`` and
+    ``finite`` (the loss and every parameter finite).
+    """
+    graphdef, tx, section, mesh = setup.graphdef, setup.tx, setup.section, setup.mesh
+    num_images, dtype = setup.num_images, compute_dtype(setup.dtype)
+    batch = int(section.batch_size)
+    spec = get_spec(section.augment)
+    loss_name, temperature = section.loss, float(section.temperature)
+    sharded = parallel.batch_sharding(mesh)
+
+    def step_fn(state, images, step, root):
+        data_key, aug_key = jax.random.fold_in(root, 1), jax.random.fold_in(root, 2)
+        idx = steps.batch_indices(data_key, step, num_images, batch)
+        x = jax.lax.with_sharding_constraint(images[idx], sharded)
+        key = jax.random.fold_in(aug_key, step)
+        v1 = augment_batch(jax.random.fold_in(key, 0), x, spec, dtype=dtype)
+        v2 = augment_batch(jax.random.fold_in(key, 1), x, spec, dtype=dtype)
+        views = jax.lax.with_sharding_constraint(jnp.concatenate([v1, v2]), sharded)
+
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params, state["batch_stats"])
+            model.train()
+            z = model(views).astype(jnp.float32)
+            loss = contrastive_loss(loss_name, z[:batch], z[batch:], temperature)
+            return loss, (model_stats(model), None)
+
+        new, loss, _, finite = steps.gradient_step(tx, state, loss_fn)
+        return new, {"loss": loss, "finite": finite}
+
+    return steps.with_seed_key(steps.jit_step(step_fn, setup), setup.seed, mesh)
+
+
+def train_encoder(
+    section: Any,
+    ctx: StageContext,
+    train: ImageSet,
+    test: ImageSet | None = None,
+    *,
+    identity: dict,
+    feature_batch_size: int = 1024,
+) -> dict:
+    """Trains (or resumes, or reuses if finished) the encoder; returns its stage.json.
+
+    Args:
+      section: the ``encoder`` config section.
+      ctx: the run's workdir, mesh, seed, dtype and logging switches.
+      train: training images (uint8 [N,H,W,3]); labels unused except by the kNN monitor.
+      test: optional labelled images for the kNN monitor (accuracy at the end and every
+        ``section.knn_every_epochs``).
+      identity: the encoder's identity (workdir.layout.stage_identity).
+      feature_batch_size: inference batch of the kNN monitor.
+    """
+    batch = int(section.batch_size)
+    steps.check_batch_size(batch, len(train), ctx.mesh, "encoder.batch_size")
+    dtype = compute_dtype(ctx.dtype)
+
+    def make_step(setup: steps.StepSetup):
+        images = parallel.replicate(train.images, ctx.mesh)
+        step = make_train_step(setup)
+        return lambda state, i: step(state, images, i)
+
+    def knn(graphdef, state) -> dict:
+        kw = dict(batch_size=feature_batch_size, dtype=dtype, mesh=ctx.mesh)
+        return knn_report(graphdef, state, train, test, section, **kw)
+
+    def on_epoch_end(epoch: int, graphdef, state) -> dict:
+        every = int(section.knn_every_epochs)
+        if every and epoch % every == 0 and epoch < int(section.epochs):
+            return knn(graphdef, state)
+        return {}
+
+    def report(graphdef, state) -> dict:
+        out = {**knn(graphdef, state), **pixel_floor(train, test, section)}
+        if "knn_accuracy" in out:
+            log.info(
+                "encoder kNN accuracy %.4f (raw-pixel kNN floor %.4f)",
+                out["knn_accuracy"],
+                out["pixel_knn_accuracy"],
+            )
+        return out
+
+    plan = StagePlan(
+        name=STAGE,
+        section=section,
+        identity=identity,
+        build=lambda: build(STAGE, section, seed=ctx.seed, dtype=dtype),
+        steps_per_epoch=len(train) // batch,
+        images_per_step=2 * batch,
+        num_train=len(train),
+        make_step=make_step,
+        on_epoch_end=on_epoch_end,
+        report=report,
+    )
+    return run_stage(plan, ctx)

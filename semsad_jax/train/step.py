@@ -1,0 +1,132 @@
+"""What the jitted steps of both stages share: batch indices, the gradient step, state, seed key.
+
+Each stage's step is ``step_fn(state, *data, step, root_key)``: the batch is drawn with
+:func:`batch_indices` from a per-pass permutation keyed by ``fold_in(data_key, pass)``, augmented
+with keys from ``fold_in(key, step)``, and applied with :func:`gradient_step`; so the step's result
+depends only on (seed, step) and a resumed run continues exactly as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from semsad_jax import parallel
+from semsad_jax.errors import SemsadError
+from semsad_jax.models import split_model
+from semsad_jax.train.optim import make_optimizer
+
+__all__ = [
+    "StepSetup",
+    "batch_indices",
+    "check_batch_size",
+    "gradient_step",
+    "init_state",
+    "jit_step",
+    "tree_is_finite",
+    "with_seed_key",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSetup:
+    """Everything a stage's ``make_train_step`` compiles its jitted step from.
+
+    Attributes:
+      graphdef: the model's graph; tx: its optimiser; state_sharding: shardings of the state
+      {"params", "batch_stats", "opt_state"} (replicated over ``mesh``); section: the stage's
+      config section; num_images: training images the batches are drawn from; mesh: the device
+      mesh; seed: the run's seed (an argument of the compiled step, see :func:`with_seed_key`);
+      dtype: the compute dtype.
+    """
+
+    graphdef: nnx.GraphDef
+    tx: optax.GradientTransformation
+    state_sharding: Any
+    section: Any
+    num_images: int
+    mesh: Mesh
+    seed: int = 0
+    dtype: Any = "float32"
+
+
+def batch_indices(key: jax.Array, step: jax.Array, num_images: int, batch: int) -> jax.Array:
+    """int32 [batch]: the ``step``-th batch of a per-pass permutation of ``range(num_images)``.
+
+    Pass ``p = step // (num_images // batch)`` shuffles with ``fold_in(key, p)``; the batches of
+    one pass are disjoint (the last ``num_images % batch`` images of a pass are skipped).
+    """
+    per_pass = num_images // batch
+    data_pass, within = step // per_pass, step % per_pass
+    order = jax.random.permutation(jax.random.fold_in(key, data_pass), num_images)
+    return jax.lax.dynamic_slice(order, (within * batch,), (batch,))
+
+
+def tree_is_finite(tree: Any) -> jax.Array:
+    """Scalar bool: every floating leaf of ``tree`` is finite."""
+    leaves = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree.leaves(tree)
+        if jnp.issubdtype(x.dtype, jnp.floating)
+    ]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def gradient_step(
+    tx: optax.GradientTransformation,
+    state: dict,
+    loss_fn: Callable[[dict], tuple[jax.Array, tuple[dict, Any]]],
+) -> tuple[dict, jax.Array, Any, jax.Array]:
+    """One optimiser step on ``state`` = {"params", "batch_stats", "opt_state"}.
+
+    ``loss_fn(params) -> (loss, (new batch_stats, aux))``. Returns (new state, loss, aux, finite),
+    ``finite`` = the loss and every new parameter are finite.
+    """
+    (loss, (stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    new = {"params": params, "batch_stats": stats, "opt_state": opt_state}
+    return new, loss, aux, tree_is_finite(params) & jnp.isfinite(loss)
+
+
+def init_state(
+    model: nnx.Module, section: Any, steps_per_epoch: int, mesh: Mesh
+) -> tuple[nnx.GraphDef, optax.GradientTransformation, dict]:
+    """(graphdef, optimiser of ``section``, initial state replicated over ``mesh``) of ``model``."""
+    graphdef, params, stats = split_model(model)
+    tx = make_optimizer(section, steps_per_epoch)
+    state = {"params": params, "batch_stats": stats, "opt_state": tx.init(params)}
+    return graphdef, tx, parallel.replicate(state, mesh)
+
+
+def jit_step(step_fn: Callable, setup: StepSetup) -> Callable:
+    """``jax.jit(step_fn)`` with the state (argument 0) donated and kept in its sharding; metrics
+    (the second output) replicated."""
+    out = (setup.state_sharding, parallel.replicated(setup.mesh))
+    return jax.jit(step_fn, donate_argnums=(0,), out_shardings=out)
+
+
+def with_seed_key(jitted: Callable, seed: int, mesh: Mesh) -> Callable:
+    """``jitted(*args, key)`` as ``step(*args)``, with ``key = jax.random.key(seed)`` replicated.
+
+    The seed's key is an argument of the compiled step, not a constant in it: runs with other
+    seeds reuse the same program (in process, and through JAX's persistent compilation cache).
+    """
+    root = jax.device_put(jax.random.key(int(seed)), parallel.replicated(mesh))
+    return lambda *args: jitted(*args, root)
+
+
+def check_batch_size(batch_size: int, num_images: int, mesh: Mesh, key: str) -> None:
+    """One-line SemsadError unless ``batch_size`` splits over the devices and fits the data."""
+    parallel.check_divisible(batch_size, mesh, key)
+    if batch_size > num_images:
+        raise SemsadError(
+            f"{key}={batch_size} is larger than the {num_images} training images; lower it."
+        )

@@ -1,0 +1,230 @@
+"""The feature bank: h features, semantic neighbourhoods and images of the whole training set.
+
+Built once after the encoder (by ``--mode=discriminator``) and reused by the discriminator's pair
+sampler, by evaluation (top-1 training neighbour of each test image) and by a detector restored from
+the workdir alone, without the training data. Layout::
+
+    WORKDIR/bank/arrays/   Orbax (StandardCheckpointer) pytree:
+                             features   float32 [N, D]   L2-normalised h (inference mode, un-augmented)
+                             neighbours int32 [N, k]     S(x): the k most cosine-similar OTHER images
+                             images     uint8 [N, H, W, 3]
+                             labels     int32 [N]        class indices, -1 when unknown
+    WORKDIR/bank/bank.json N, D, k, image size, train spec, class names, encoder identity, digests of
+                           the encoder parameters and of the images, build times. Written last: a bank
+                           without it is incomplete and rebuilt.
+
+A bank is stale (and rebuilt) when the encoder parameters, the training images, k or the image size
+differ from what bank.json records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh
+
+from semsad_jax import parallel
+from semsad_jax.data import ImageSet
+from semsad_jax.errors import SemsadError
+from semsad_jax.method.features import compute_features
+from semsad_jax.method.neighbours import semantic_neighbourhoods
+from semsad_jax.workdir.layout import Workdir, as_workdir
+
+log = logging.getLogger(__name__)
+BANK_FORMAT = 1
+_DTYPES = {"features": "float32", "neighbours": "int32", "images": "uint8", "labels": "int32"}
+
+
+@dataclasses.dataclass
+class Bank:
+    """A loaded feature bank (numpy arrays on the host).
+
+    Attributes:
+      features: float32 [N, D], rows of unit L2 norm.
+      neighbours: int32 [N, k]; row i holds the indices of S(x_i), never i itself.
+      images: uint8 [N, H, W, 3], the training images in bank order.
+      labels: int32 [N], class indices or -1 when the training set has no labels.
+      meta: the contents of ``bank.json``.
+    """
+
+    features: np.ndarray
+    neighbours: np.ndarray
+    images: np.ndarray
+    labels: np.ndarray
+    meta: dict
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+
+def tree_digest(tree: Any) -> str:
+    """A short hex digest of the shapes, dtypes and bytes of every leaf of ``tree`` (host arrays)."""
+    h = hashlib.blake2b(digest_size=8)
+    for leaf in jax.tree.leaves(parallel.to_host(tree)):
+        leaf = np.ascontiguousarray(leaf)
+        h.update(f"{leaf.shape}{leaf.dtype}".encode())
+        h.update(leaf.tobytes())
+    return h.hexdigest()
+
+
+def _expected_meta(section: Any, train: ImageSet, encoder_digest: str) -> dict:
+    """What a fresh bank for this discriminator section, data and encoder must record."""
+    return {
+        "format": BANK_FORMAT,
+        "num_images": len(train),
+        "neighbours": int(section.neighbours),
+        "image_size": int(train.images.shape[1]),
+        "encoder_digest": encoder_digest,
+        "images_digest": tree_digest(train.images),
+    }
+
+
+def _stale_reason(meta: dict | None, expected: dict) -> str | None:
+    if meta is None:
+        return "no bank yet"
+    for key, value in expected.items():
+        if meta.get(key) != value:
+            return f"{key} changed ({meta.get(key)!r} -> {value!r})"
+    return None
+
+
+def build_bank(
+    workdir: str | Workdir,
+    section: Any,
+    train: ImageSet,
+    encoder: tuple,
+    *,
+    dtype: Any = "float32",
+    encoder_identity: dict | None = None,
+    mesh: Mesh | None = None,
+) -> Bank:
+    """Loads the bank of ``workdir`` if it is fresh for this encoder and data, else builds and saves it.
+
+    Features: :func:`method.features.compute_features` of ``train.images`` with the finished
+    encoder (inference mode, batches of ``section.feature_batch_size`` sharded over ``mesh``).
+    Neighbourhoods: :func:`method.neighbours.semantic_neighbourhoods` with
+    ``k = section.neighbours``.
+
+    Args:
+      section: the ``discriminator`` config section.
+      encoder: (graphdef, params, batch_stats) of the finished encoder.
+      encoder_identity: recorded in bank.json for provenance.
+    """
+    wd = as_workdir(workdir)
+    mesh = mesh or parallel.make_mesh()
+    k = int(section.neighbours)
+    if not 1 <= k < len(train):
+        raise SemsadError(
+            f"discriminator.neighbours={k} needs 1 <= k < {len(train)} (the training images); lower it."
+        )
+    graphdef, params, stats = encoder
+    expected = _expected_meta(section, train, tree_digest((params, stats)))
+    reason = _stale_reason(wd.read(wd.bank_json), expected)
+    if reason is None:
+        log.info("reusing the feature bank in %s", wd.bank_dir)
+        return load_bank(wd)
+    log.info("building the feature bank of %d training images (%s)", len(train), reason)
+
+    t0 = time.time()
+    features = compute_features(
+        graphdef,
+        params,
+        stats,
+        train.images,
+        mesh=mesh,
+        batch_size=int(section.feature_batch_size),
+        dtype=dtype,
+    )
+    t1 = time.time()
+    neighbours = semantic_neighbourhoods(features, k, normalized=True, mesh=mesh)
+    t2 = time.time()
+    labels = train.labels if train.labels is not None else np.full(len(train), -1)
+    bank = Bank(
+        features=features.astype(np.float32),
+        neighbours=neighbours.astype(np.int32),
+        images=np.asarray(train.images, np.uint8),
+        labels=np.asarray(labels, np.int32),
+        meta={
+            **expected,
+            "feature_dim": int(features.shape[1]),
+            "image_shape": list(train.images.shape[1:]),
+            "train_spec": train.spec,
+            "class_names": train.class_names,
+            "encoder_identity": encoder_identity,
+            "features_seconds": round(t1 - t0, 3),
+            "neighbours_seconds": round(t2 - t1, 3),
+        },
+    )
+    save_bank(wd, bank)
+    bank.meta["build_seconds"] = round(time.time() - t0, 3)
+    wd.write(wd.bank_json, bank.meta)
+    log.info(
+        "feature bank: %d x %d features in %.1f s, %d-neighbourhoods in %.1f s; %.1f s in all",
+        len(bank),
+        bank.features.shape[1],
+        t1 - t0,
+        k,
+        t2 - t1,
+        bank.meta["build_seconds"],
+    )
+    return bank
+
+
+def _arrays(bank: Bank) -> dict[str, np.ndarray]:
+    return {name: getattr(bank, name) for name in _DTYPES}
+
+
+def save_bank(workdir: str | Workdir, bank: Bank) -> None:
+    """Writes the arrays of ``bank`` with Orbax (bank.json is written by the caller, last)."""
+    wd = as_workdir(workdir)
+    os.makedirs(wd.bank_dir, exist_ok=True)
+    if jax.process_index() == 0 and os.path.exists(wd.bank_json):
+        os.remove(wd.bank_json)  # the arrays are about to change: the old description is void
+    wd.forget(wd.bank_json)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(wd.bank_arrays, _arrays(bank), force=True)
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+
+
+def load_bank(workdir: str | Workdir) -> Bank:
+    """The bank saved in ``workdir`` (needs only the workdir, not the training data).
+
+    Raises SemsadError when there is no complete bank or it cannot be read.
+    """
+    wd = as_workdir(workdir)
+    meta = wd.read(wd.bank_json)
+    if meta is None:
+        raise SemsadError(
+            f"no feature bank in {wd.bank_dir}; run --mode=discriminator with this --workdir first."
+        )
+    n, dim, k = int(meta["num_images"]), int(meta["feature_dim"]), int(meta["neighbours"])
+    shapes = {
+        "features": (n, dim),
+        "neighbours": (n, k),
+        "images": (n, *meta["image_shape"]),
+        "labels": (n,),
+    }
+    abstract = {
+        name: jax.ShapeDtypeStruct(shapes[name], np.dtype(dtype)) for name, dtype in _DTYPES.items()
+    }
+    checkpointer = ocp.StandardCheckpointer()
+    try:
+        arrays = checkpointer.restore(wd.bank_arrays, abstract)
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise SemsadError(
+            f"the feature bank in {wd.bank_dir} is unreadable ({first}); rerun --mode=discriminator."
+        ) from None
+    finally:
+        checkpointer.close()
+    arrays = {name: np.asarray(arrays[name], _DTYPES[name]) for name in _DTYPES}
+    return Bank(**arrays, meta=meta)

@@ -1,0 +1,238 @@
+"""Orbax checkpoints of a training stage: save, resume, restore the model alone, damaged-save handling.
+
+Layout of a stage directory (``WORKDIR/encoder/``, ``WORKDIR/discriminator/``)::
+
+    <step>/state/...   Orbax CheckpointManager steps (the last K kept); the saved pytree is
+                       {"params": ..., "batch_stats": ..., "opt_state": ...} of numpy/jax arrays
+    stage.json         what was trained (workdir.layout): identity, total steps, finished flag
+    metrics.jsonl      one JSON object per logged step (train.logs)
+
+A checkpoint that cannot be read (half written, corrupted) is reported, moved aside to
+``corrupt-<step>-<time>`` (never deleted) and the previous good one is used; when no checkpoint can
+be read, nothing is moved and the restore stops with a clear error. A checkpoint whose tree, shapes
+or dtypes differ from the model being restored is refused (never moved, never overwritten). The
+unfinished save of a run killed while saving (``<step>.orbax-checkpoint-tmp``) is reported and
+moved aside to ``unfinished-<step>-<time>`` before the first save of the next run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from semsad_jax.errors import SemsadError
+
+log = logging.getLogger(__name__)
+_TMP_SUFFIX = ".orbax-checkpoint-tmp"
+
+
+def _steps_on_disk(directory: str) -> list[int]:
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+
+
+class StageCheckpoints:
+    """Saves and restores one stage's state with an Orbax ``CheckpointManager``.
+
+    Args:
+      directory: the stage directory (created if missing).
+      keep: how many checkpoints to keep (the newest ``keep``).
+      asynchronous: write in a background thread (Orbax async checkpointing).
+    """
+
+    def __init__(self, directory: str, *, keep: int = 3, asynchronous: bool = True):
+        self.directory = os.path.abspath(directory)
+        self.keep = keep
+        self.asynchronous = asynchronous
+        os.makedirs(self.directory, exist_ok=True)
+        self._manager = self._new_manager()
+        self._saved_before = False
+
+    def _new_manager(self) -> ocp.CheckpointManager:
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=self.keep,
+            create=True,
+            enable_async_checkpointing=self.asynchronous,
+        )
+        handlers = {"state": ocp.StandardCheckpointHandler()}
+        return ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+
+    def latest_step(self) -> int | None:
+        """The newest finished checkpoint step, or None."""
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def save(self, step: int, state: Any) -> None:
+        """Saves ``state`` (a pytree of arrays) as ``step``; no-op if that step already exists."""
+        if not self._saved_before:
+            self._saved_before = True
+            self._set_aside_unfinished()
+        if step in self._manager.all_steps():
+            return
+        self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+
+    def wait(self) -> None:
+        """Blocks until every asynchronous save has been committed to disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def restore(self, target: Any, step: int | None = None) -> tuple[Any, int] | None:
+        """Restores the newest readable checkpoint (or exactly ``step``) into the shape of ``target``.
+
+        Args:
+          target: a pytree of arrays or ``jax.ShapeDtypeStruct`` (with shardings) giving structure,
+            shapes, dtypes and placement.
+          step: a specific step; None = newest readable.
+        Returns:
+          (state, step), or None when there is no checkpoint at all.
+        """
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        steps = [step] if step is not None else sorted(self._manager.all_steps(), reverse=True)
+        unreadable: list[tuple[int, Exception]] = []
+        for candidate in steps:
+            try:
+                saved = self._manager.item_metadata(candidate)["state"]
+                saved = getattr(saved, "tree", saved)
+                if not jax.tree.leaves(saved, is_leaf=lambda x: hasattr(x, "shape")):
+                    raise ValueError("its metadata lists no arrays")
+            except Exception as err:  # unreadable metadata: a half-written or damaged checkpoint
+                unreadable.append((candidate, err))
+                continue
+            problem = _tree_mismatch(saved, abstract)
+            if problem:
+                raise SemsadError(
+                    f"checkpoint {self.directory}/{candidate} does not match this config's model "
+                    f"({problem}); use the config it was trained with, or another --workdir."
+                )
+            try:
+                restored = self._manager.restore(
+                    candidate, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+                )
+            except Exception as err:  # any read/decode failure means "damaged checkpoint"
+                unreadable.append((candidate, err))
+                continue
+            for bad, err in unreadable:
+                self._set_aside(bad, err)
+            return restored["state"], candidate
+        if unreadable:
+            bad, err = unreadable[0]
+            raise SemsadError(
+                f"no checkpoint in {self.directory} can be read (step {bad}: {_first_line(err)}); "
+                f"nothing was moved. Free memory/disk and retry, or move {self.directory} aside "
+                f"to train this stage from scratch."
+            )
+        return None
+
+    def restore_model(self, params: Any, batch_stats: Any) -> tuple[dict, int] | None:
+        """Restores the newest readable checkpoint's ``params`` and ``batch_stats`` only.
+
+        The optimiser state is read with the shapes recorded in the checkpoint and dropped, so a
+        finished model can be restored without knowing the optimiser it was trained with.
+        ``params`` / ``batch_stats``: the model's trees (arrays or ShapeDtypeStructs with
+        shardings). Returns ({"params", "batch_stats"}, step) or None when there is no checkpoint.
+        """
+        step = self.latest_step()
+        if step is None:
+            return None
+        sharding = jax.tree.leaves(params)[0].sharding
+        try:
+            saved = self._manager.item_metadata(step)["state"]
+            saved = getattr(saved, "tree", saved)
+            opt_state = jax.tree.map(
+                lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding),
+                saved["opt_state"],
+                is_leaf=lambda x: hasattr(x, "shape"),
+            )
+        except Exception:  # unreadable metadata: let restore() report and set it aside
+            opt_state = {}
+        target = {"params": params, "batch_stats": batch_stats, "opt_state": opt_state}
+        restored = self.restore(target)
+        if restored is None:
+            return None
+        state, step = restored
+        return {"params": state["params"], "batch_stats": state["batch_stats"]}, step
+
+    def _set_aside(self, step: int, err: Exception) -> None:
+        src = os.path.join(self.directory, str(step))
+        dst = _free_name(os.path.join(self.directory, f"corrupt-{step}-{int(time.time())}"))
+        log.warning(
+            "checkpoint %s is unreadable (%s); moved it to %s and using the previous one",
+            src,
+            _first_line(err),
+            dst,
+        )
+        if jax.process_index() == 0 and os.path.exists(src):
+            os.replace(src, dst)
+        self._manager.reload()
+
+    def _set_aside_unfinished(self) -> None:
+        """Moves the temporary directories of saves that never finished (process killed) aside."""
+        if jax.process_index() != 0:
+            return
+        for name in sorted(os.listdir(self.directory)):
+            if _TMP_SUFFIX not in name:
+                continue
+            src = os.path.join(self.directory, name)
+            step = name.split(_TMP_SUFFIX)[0]
+            dst = _free_name(os.path.join(self.directory, f"unfinished-{step}-{int(time.time())}"))
+            log.warning(
+                "found the unfinished save %s (a run killed while saving); moved it to %s",
+                src,
+                dst,
+            )
+            os.replace(src, dst)
+
+
+def _free_name(path: str) -> str:
+    """``path``, or ``path-1``, ``path-2``, ... whichever does not exist yet."""
+    candidate, count = path, 0
+    while os.path.exists(candidate):
+        count += 1
+        candidate = f"{path}-{count}"
+    return candidate
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:200]
+
+
+def _tree_mismatch(saved: Any, abstract: Any) -> str | None:
+    """How the saved tree of array metadata differs from the target's, or None if it matches."""
+
+    def name(key: Any) -> str:  # dict key, attribute or index alike: Orbax stores all as str
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                return str(getattr(key, attr))
+        return str(key)
+
+    def leaves(tree: Any) -> dict[str, Any]:
+        flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))
+        return {"/".join(name(k) for k in path): leaf for path, leaf in flat[0]}
+
+    have, want = leaves(saved), leaves(abstract)
+    if have.keys() != want.keys():
+        extra, missing = sorted(have.keys() - want.keys()), sorted(want.keys() - have.keys())
+        if missing:
+            return f"it lacks {len(missing)} of the model's arrays, e.g. {missing[0]}"
+        return f"it has {len(extra)} arrays the model lacks, e.g. {extra[0]}"
+    for key, leaf in want.items():
+        old = have[key]
+        if tuple(old.shape) != tuple(leaf.shape) or np.dtype(old.dtype) != np.dtype(leaf.dtype):
+            return (
+                f"{key} saved as {old.dtype}{list(old.shape)}, the model has "
+                f"{leaf.dtype}{list(leaf.shape)}"
+            )
+    return None

@@ -1,0 +1,336 @@
+"""Every path and JSON file of a workdir, defined once; what identifies a stage; the workdir lock.
+
+A workdir holds one run::
+
+    config.json               the resolved config (written once the stages' identities are checked)
+    .lock                     flock held by the process that writes (see WorkdirLock)
+    encoder/                  Orbax checkpoints, stage.json, metrics.jsonl   (train.encoder)
+    bank/                     bank.json and the Orbax arrays                  (workdir.bank)
+    discriminator/            as encoder/                                     (train.discriminator)
+    eval/                     results.json, results.txt, scores.npz, hist_semsad.png, roc.png
+    score/scores.csv          --mode=score
+
+:class:`Workdir` names these paths and reads each JSON file at most once per object (a write
+updates what it remembers), so one run that passes its Workdir along reads every file once.
+
+A stage's identity (:func:`stage_identity`) is everything that changes its weights: the stage's
+config section except the keys that only say how long or how it runs (epochs, checkpoint and log
+intervals, conv_impl, ...), the training data, the seed and the compute dtype. Resuming or reusing a
+stage with a different identity is refused with one line naming the differing keys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+
+from semsad_jax.errors import SemsadError
+from semsad_jax.workdir.lock import WorkdirLock
+
+log = logging.getLogger(__name__)
+
+STAGES = ("encoder", "discriminator")
+CONFIG_JSON = "config.json"
+STAGE_JSON = "stage.json"
+METRICS_JSONL = "metrics.jsonl"
+BANK = "bank"
+EVAL = "eval"
+SCORE = "score"
+# The files of eval/ (--mode=eval).
+RESULTS_JSON, RESULTS_TXT, SCORES_NPZ = "results.json", "results.txt", "scores.npz"
+HIST_PNG, ROC_PNG = "hist_semsad.png", "roc.png"
+# Keys of a stage's section that never change its weights (the number of epochs may be extended).
+RUN_ONLY_KEYS = {
+    "encoder": (
+        "epochs",
+        "conv_impl",
+        "checkpoint_every_steps",
+        "keep_checkpoints",
+        "log_every_steps",
+        "knn_every_epochs",
+        "knn_k",
+        "knn_temperature",
+    ),
+    "discriminator": (
+        "epochs",
+        "conv_impl",
+        "checkpoint_every_steps",
+        "keep_checkpoints",
+        "log_every_steps",
+        "feature_batch_size",
+    ),
+}
+# Keys of the data section that change what the networks are trained on.
+DATA_KEYS = ("train", "image_size", "contamination", "contamination_source")
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON gives it back (tuples -> lists, ConfigDicts -> dicts), for comparisons."""
+    if hasattr(value, "to_dict"):
+        value = value.to_dict()
+    return json.loads(json.dumps(value, default=str))
+
+
+def stage_identity(
+    stage: str, section: Any, data: Any, seed: int, dtype: str, upstream: dict | None = None
+) -> dict:
+    """What must match for a stage's checkpoints to be resumed or reused (flat ``key -> value``).
+
+    Args:
+      stage: "encoder" or "discriminator".
+      section: the stage's config section; every key but :data:`RUN_ONLY_KEYS` counts.
+      data: the ``data`` section (:data:`DATA_KEYS` count).
+      seed, dtype: the run's seed and compute dtype.
+      upstream: the identity of the stage this one is built on (the encoder's, for the
+        discriminator), merged in.
+    """
+    section = _plain(section)
+    skip = RUN_ONLY_KEYS[stage]
+    ident = {f"{stage}.{k}": v for k, v in sorted(section.items()) if k not in skip}
+    data = _plain(data)
+    ident.update({f"data.{k}": data.get(k) for k in DATA_KEYS})
+    ident.update({"seed": int(seed), "dtype": str(dtype)})
+    if upstream:
+        ident.update({k: v for k, v in upstream.items() if k not in ident})
+    return ident
+
+
+def identity_diff(recorded: dict, wanted: dict) -> list[str]:
+    """Keys whose values differ; keys an older version did not record are not compared."""
+    return sorted(k for k in wanted if k in recorded and recorded[k] != wanted[k])
+
+
+def describe_diff(recorded: dict, wanted: dict, keys: list[str], limit: int = 4) -> str:
+    shown = ", ".join(f"{k}={recorded.get(k)!r} (config: {wanted.get(k)!r})" for k in keys[:limit])
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return shown + more
+
+
+class ConfigView(dict):
+    """A nested config dict (e.g. WORKDIR/config.json) with attribute access, like a ConfigDict.
+
+    Lets a detector be restored where ml_collections is not installed.
+    """
+
+    def __init__(self, mapping: dict):
+        super().__init__(
+            {k: ConfigView(v) if isinstance(v, dict) else v for k, v in mapping.items()}
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def to_dict(self) -> dict:
+        return {k: v.to_dict() if isinstance(v, ConfigView) else v for k, v in self.items()}
+
+
+def read_json(path: str) -> dict | None:
+    """The JSON object at ``path``, or None if missing; a clear error if it is unreadable."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise SemsadError(f"{path} is unreadable ({err}); restore or delete it.") from None
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Writes ``obj`` as JSON atomically (temporary file, then rename); process 0 only."""
+    if jax.process_index() != 0:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+    os.replace(tmp, path)
+
+
+def move_aside(path: str) -> str | None:
+    """Renames ``path`` to ``path.old-<time>`` (never deletes); returns the new name or None."""
+    if not os.path.exists(path) or jax.process_index() != 0:
+        return None
+    dst = f"{path}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+    os.replace(path, dst)
+    log.warning("moved %s to %s", path, dst)
+    return dst
+
+
+class Workdir:
+    """The files of one workdir; JSON files are read at most once per object.
+
+    Args:
+      path: the workdir (``~`` expanded, made absolute). Nothing is created until something is
+        written.
+    """
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(os.path.expanduser(str(path)))
+        self._json: dict[str, dict | None] = {}
+
+    def __repr__(self) -> str:
+        return f"Workdir({self.path!r})"
+
+    # ---- paths ----------------------------------------------------------------------------
+    def join(self, *parts: str) -> str:
+        return os.path.join(self.path, *parts)
+
+    @property
+    def config_json(self) -> str:
+        return self.join(CONFIG_JSON)
+
+    @property
+    def lock_path(self) -> str:
+        return self.join(".lock")
+
+    def stage_dir(self, stage: str) -> str:
+        return self.join(stage)
+
+    def stage_json(self, stage: str) -> str:
+        return self.join(stage, STAGE_JSON)
+
+    def metrics_jsonl(self, stage: str) -> str:
+        return self.join(stage, METRICS_JSONL)
+
+    @property
+    def bank_dir(self) -> str:
+        return self.join(BANK)
+
+    @property
+    def bank_json(self) -> str:
+        return self.join(BANK, "bank.json")
+
+    @property
+    def bank_arrays(self) -> str:
+        return self.join(BANK, "arrays")
+
+    @property
+    def eval_dir(self) -> str:
+        return self.join(EVAL)
+
+    def eval_file(self, name: str) -> str:
+        """``eval/<name>``: results.json, results.txt, scores.npz, hist_semsad.png, roc.png."""
+        return self.join(EVAL, name)
+
+    @property
+    def results_json(self) -> str:
+        return self.eval_file(RESULTS_JSON)
+
+    @property
+    def scores_npz(self) -> str:
+        return self.eval_file(SCORES_NPZ)
+
+    @property
+    def scores_csv(self) -> str:
+        return self.join(SCORE, "scores.csv")
+
+    # ---- JSON files, each read once ---------------------------------------------------------
+    def read(self, path: str) -> dict | None:
+        """The JSON object at ``path`` (remembered after the first read), or None if missing."""
+        if path not in self._json:
+            self._json[path] = read_json(path)
+        return self._json[path]
+
+    def write(self, path: str, obj: dict) -> None:
+        """Writes ``obj`` atomically (process 0) and remembers it."""
+        write_json(path, obj)
+        self._json[path] = _plain(obj)
+
+    def forget(self, path: str) -> None:
+        """Drops what is remembered about ``path`` (after the file was removed or moved)."""
+        self._json.pop(path, None)
+
+    def stage_meta(self, stage: str) -> dict | None:
+        """``<stage>/stage.json``: identity, total_steps, finished, summary; None before training."""
+        return self.read(self.stage_json(stage))
+
+    def is_finished(self, stage: str) -> bool:
+        return bool((self.stage_meta(stage) or {}).get("finished"))
+
+    def config(self) -> ConfigView:
+        """The resolved config the workdir was trained with (config.json)."""
+        config = self.read(self.config_json)
+        if config is None:
+            raise SemsadError(
+                f"{self.config_json} is missing; pass the workdir of a trained run "
+                "(--mode=encoder writes it)."
+            )
+        return ConfigView(config)
+
+    def threshold(self, detector: str = "semsad") -> float | None:
+        """The ``eval.tpr`` threshold stored by --mode=eval, or None if eval has not run."""
+        results = self.read(self.results_json)
+        return None if results is None else float(results["threshold_95"][detector])
+
+    # ---- stages -----------------------------------------------------------------------------
+    def check_identity(self, stage: str, identity: dict, *, hint: str | None = None) -> dict | None:
+        """The recorded stage.json of ``stage`` (None for a new stage), if it matches ``identity``.
+
+        Raises a one-line SemsadError naming every differing key otherwise. ``hint`` replaces the
+        default advice (use the matching config, another --workdir, or --overwrite).
+        """
+        meta = self.stage_meta(stage)
+        if meta is None:
+            return None
+        recorded = meta.get("identity", {})
+        diff = identity_diff(recorded, identity)
+        if diff:
+            advice = hint or (
+                f"use the matching config, another --workdir, or --overwrite to retrain (the old "
+                f"stage is kept as {stage}.old-<time>)"
+            )
+            raise SemsadError(
+                f"{self.stage_dir(stage)} holds {'an' if stage[0] in 'aeiou' else 'a'} {stage} "
+                f"trained with "
+                f"{describe_diff(recorded, identity, diff)}; {advice}."
+            )
+        return meta
+
+    def open_stage(self, stage: str, identity: dict, overwrite: bool) -> dict | None:
+        """The recorded metadata of a stage that may be resumed or reused, or None for a fresh one.
+
+        Refuses a stage trained with another identity (:meth:`check_identity`); with ``overwrite``
+        the old stage directory is moved aside (never deleted) and the stage starts afresh.
+        """
+        if overwrite:
+            if self.stage_meta(stage) is not None or os.path.isdir(self.stage_dir(stage)):
+                move_aside(self.stage_dir(stage))
+                self.forget(self.stage_json(stage))
+            return None
+        return self.check_identity(stage, identity)
+
+    def check_trained(self, stages: tuple[str, ...] = STAGES) -> None:
+        """SemsadError unless every stage of ``stages`` finished training."""
+        for stage in stages:
+            if not self.is_finished(stage):
+                raise SemsadError(
+                    f"no trained {stage} in {self.path}; run --mode={stage} with this --workdir "
+                    "first."
+                )
+
+    def lock(self) -> WorkdirLock:
+        return WorkdirLock(self.path)
+
+
+def as_workdir(workdir: str | Workdir) -> Workdir:
+    """``workdir`` itself, or a :class:`Workdir` for a path."""
+    return workdir if isinstance(workdir, Workdir) else Workdir(workdir)
+
+
+def run_identities(config: Any) -> dict[str, dict]:
+    """{"encoder": identity, "discriminator": identity} of a whole run config (the second includes
+    the first, so a discriminator is tied to the encoder it was trained on)."""
+    seed, dtype = int(config.seed), str(config.dtype)
+    encoder = stage_identity("encoder", config.encoder, config.data, seed, dtype)
+    discriminator = stage_identity(
+        "discriminator", config.discriminator, config.data, seed, dtype, upstream=encoder
+    )
+    return {"encoder": encoder, "discriminator": discriminator}

@@ -1,0 +1,113 @@
+"""Small helpers shared by the tests (not part of the package)."""
+
+from __future__ import annotations
+
+import types
+
+from semsad_jax import parallel
+from semsad_jax.data import DataSets
+from semsad_jax.models import build
+from semsad_jax.train import discriminator as discriminator_stage
+from semsad_jax.train import encoder as encoder_stage
+from semsad_jax.train import step
+from semsad_jax.train.stage import StageContext
+from semsad_jax.workdir.layout import Workdir, run_identities
+from semsad_jax.workdir.restore import restore_network
+
+
+def load_set(config, spec: str):
+    """The images of ``spec`` at the config's image size (as a run loads them)."""
+    return DataSets(config.data, config.seed).load(spec)
+
+
+def load_train_set(config):
+    return DataSets(config.data, config.seed).train()
+
+
+def load_test_set(config):
+    return DataSets(config.data, config.seed).test()
+
+
+def context(config, workdir, *, mesh=None, overwrite=False) -> StageContext:
+    """The StageContext ``semsad_jax.run`` builds for ``config`` and ``workdir``."""
+    return StageContext(
+        workdir=Workdir(str(workdir)),
+        mesh=mesh or parallel.make_mesh(),
+        seed=int(config.seed),
+        dtype=config.dtype,
+        progress=bool(config.progress),
+        tensorboard=bool(config.tensorboard),
+        overwrite=overwrite,
+    )
+
+
+def identities(config) -> dict:
+    return run_identities(config)
+
+
+def tiny_config(kind: str) -> types.SimpleNamespace:
+    """A tiny config section: ``"encoder"`` or ``"discriminator"`` (ResNet-18, width 4)."""
+    if kind == "encoder":
+        return types.SimpleNamespace(
+            depth=18, width=4, norm="batch", head="mlp", out_dim=8, conv_impl="auto"
+        )
+    return types.SimpleNamespace(
+        depth=18,
+        width=4,
+        activation="elu",
+        norm="batch",
+        head="linear",
+        out_dim=1,
+        conv_impl="auto",
+    )
+
+
+def train_encoder(config, workdir, train, test=None, **ctx):
+    """The encoder stage as ``run`` calls it; returns its stage.json."""
+    return encoder_stage.train_encoder(
+        config.encoder,
+        context(config, workdir, **ctx),
+        train,
+        test,
+        identity=identities(config)["encoder"],
+        feature_batch_size=int(config.discriminator.feature_batch_size),
+    )
+
+
+def load_encoder(workdir, config, mesh=None):
+    """(graphdef, params, batch_stats) of the finished encoder in ``workdir``."""
+    return restore_network(
+        workdir, "encoder", config.encoder, identities(config)["encoder"], dtype=config.dtype,
+        mesh=mesh,
+    )  # fmt: skip
+
+
+def train_discriminator(config, workdir, train, test=None, **ctx):
+    """The discriminator stage as ``run`` calls it (encoder restored first; ``test`` defaults to
+    ``data.test``, the held-out pairs of the report)."""
+    ids = identities(config)
+    test = load_test_set(config) if test is None else test
+    return discriminator_stage.train_discriminator(
+        config.discriminator,
+        context(config, workdir, **ctx),
+        train,
+        load_encoder(workdir, config),
+        test,
+        identity=ids["discriminator"],
+        encoder_identity=ids["encoder"],
+    )
+
+
+def load_discriminator(workdir, config, mesh=None):
+    return restore_network(
+        workdir, "discriminator", config.discriminator, identities(config)["discriminator"],
+        dtype=config.dtype, mesh=mesh,
+    )  # fmt: skip
+
+
+def init_state(kind: str, config, steps_per_epoch: int, mesh):
+    """(graphdef, optimiser, replicated initial state) of the ``kind`` network of ``config``."""
+    section = config[kind]
+    return step.init_state(
+        build(kind, section, seed=config.seed, dtype=config.dtype), section, steps_per_epoch, mesh
+    )

@@ -1,4 +1,4 @@
-"""Detection quality on the shared CIFAR-10 archive: class split and one-class protocols.
+"""Detection quality on the shared CIFAR-10 archive: class split, one-class and far-OOD protocols.
 
     python benchmarks/cifar10_quality.py --budget=cpu --out=runs/quality_cpu   # < 60 min, 2 cores
     python benchmarks/cifar10_quality.py --budget=gpu --out=$OUT/quality       # < 8 min, one H100
@@ -9,27 +9,33 @@ Protocols (labels only choose the sets; training never sees them):
 - ``class_split``: in = the first five classes (airplane, automobile, bird, cat, deer), OOD = the
   last five (their test images).
 - ``one_class_NAME``: in = one class, OOD = the test images of the nine others.
+- every protocol also scores the far-OOD suite (``configs/far_ood.py``: noise, flat colours, blobs,
+  stripes, checkerboards, shapes, text, photos, digits), ``budget.far_limit`` images each.
 
-For each protocol and seed, :func:`semsad_jax.run.run` trains the encoder (mode ``encoder``),
-then for each bn mode a discriminator (mode ``discriminator``: ``discriminator.norm`` = "batch",
-i.e. running statistics at test time, or "batch_transductive", the authors' evaluation; the second
-workdir reuses the first one's encoder through a symbolic link) and evaluates (mode ``eval``).
-knn and mahalanobis use only the encoder, so they are reported once (bn mode "-").
-The table gives AUROC and FPR at 95% TPR (in-distribution positive) as mean +- sample standard
-deviation over seeds; ``one_class (mean)`` averages the one-class protocols per seed first.
-Writes ``OUT/results.json`` (every run's metrics, the budget, timings) and ``OUT/results.md``.
-Both are rewritten after every (protocol, seed), so a run cut short keeps what it finished.
-Workdirs live in ``OUT/work`` (or ``--work``): rerunning the same command resumes or reuses
-finished stages.
+For each protocol and seed, :func:`semsad_jax.run.run` trains the encoder (mode ``encoder``), then
+for each bn mode a discriminator (``discriminator.norm`` = "batch", running statistics at test time,
+or "batch_transductive", the authors' evaluation; the second workdir links the first one's encoder)
+and evaluates (mode ``eval``). knn, mahalanobis (on the encoder's penultimate features) and
+pixels_knn (raw pixels, the floor) do not depend on the discriminator: reported once (bn mode "-").
+
+A budget is sizes plus a recipe (``Budget.overrides``: config fields); ``--set KEY=VALUE`` adds
+overrides (e.g. ``--set discriminator.neighbourhood=labels``, the diagnostic that takes S(x) from
+the labels), ``--encoders-from ROOT`` reuses the encoders of an earlier run's work root (linked;
+refused by the run if they do not match). Writes ``OUT/results.json`` (every run's metrics, the
+budget, the overrides, timings) and ``OUT/results.md`` (the tables), rewritten after every
+(protocol, seed), so a run cut short keeps what it finished. Workdirs live in ``OUT/work`` (or
+``--work``): rerunning the same command resumes or reuses finished stages.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import os
 import sys
 import time
+from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -46,7 +52,11 @@ BN_MODES = {"running_stats": "batch", "transductive": "batch_transductive"}
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
-    """Sizes of one quality run; ``*_limit`` = random subset size per set (0 = all images)."""
+    """Sizes and recipe of one quality run; ``*_limit`` = random subset size per set (0 = all).
+
+    ``overrides``: (config key, value) pairs applied last, e.g. ("encoder.temperature", 0.2).
+    ``bn_modes``: the default ``--bn-modes``.
+    """
 
     image_size: int
     width: int
@@ -66,6 +76,9 @@ class Budget:
     disc_lr: float = 2e-4
     feature_batch: int = 1024
     eval_batch: int = 500
+    far_limit: int = 1000
+    bn_modes: tuple[str, ...] = ("running_stats", "transductive")
+    overrides: tuple[tuple[str, Any], ...] = ()
 
 
 BUDGETS = {
@@ -86,8 +99,9 @@ BUDGETS = {
         seeds=(0, 1),
         feature_batch=64,
         eval_batch=16,
+        far_limit=16,
     ),
-    # 2-core CPU, < 60 min: 4 protocols x 2 seeds x (encoder + 2 discriminators + 2 evals).
+    # 2-core CPU, < 60 min: 4 protocols x 2 seeds x (encoder + discriminator + eval).
     "cpu": Budget(
         image_size=16,
         width=16,
@@ -105,6 +119,8 @@ BUDGETS = {
         enc_lr=1e-3,  # trains faster than the paper's 3e-4 at this small budget (README)
         feature_batch=512,
         eval_batch=500,
+        bn_modes=("running_stats",),
+        overrides=(("encoder.temperature", 0.5),),
     ),
     # One H100, < 8 min (estimate in benchmarks/README.md): full sets, 32 px, width 32, bf16.
     "gpu": Budget(
@@ -123,6 +139,7 @@ BUDGETS = {
         seeds=(0, 1),
         dtype="bfloat16",
         disc_lr=4e-4,
+        overrides=(("encoder.temperature", 0.5),),
     ),
 }
 
@@ -138,20 +155,27 @@ def _spec(archive: str, split: str, limit: int, classes=(), exclude=()) -> str:
     return f"archive:{archive}!{split}" + ("?" + "&".join(query) if query else "")
 
 
+def _far(budget: Budget) -> dict[str, str]:
+    from configs import far_ood
+
+    return far_ood.specs(budget.far_limit) if budget.far_limit else {}
+
+
 def protocols(budget: Budget, archive: str, names: list[str] | None = None) -> dict[str, dict]:
-    """{protocol: {"train", "test", "ood": {name: spec}}} for this budget."""
+    """{protocol: {"train", "test", "ood": {name: spec}}} for this budget (far-OOD sets last)."""
+    far = _far(budget)
     out = {
         "class_split": {
             "train": _spec(archive, "train", budget.train_limit, FIRST_FIVE),
             "test": _spec(archive, "test", budget.test_limit, FIRST_FIVE),
-            "ood": {"last_five": _spec(archive, "test", budget.ood_limit, LAST_FIVE)},
+            "ood": {"last_five": _spec(archive, "test", budget.ood_limit, LAST_FIVE), **far},
         }
     }
     for cls in budget.one_class:
         out[f"one_class_{cls}"] = {
             "train": _spec(archive, "train", budget.one_class_train_limit, (cls,)),
             "test": _spec(archive, "test", budget.test_limit, (cls,)),
-            "ood": {"other_nine": _spec(archive, "test", budget.ood_limit, exclude=(cls,))},
+            "ood": {"other_nine": _spec(archive, "test", budget.ood_limit, exclude=(cls,)), **far},
         }
     if names:
         unknown = sorted(set(names) - set(out))
@@ -161,24 +185,39 @@ def protocols(budget: Budget, archive: str, names: list[str] | None = None) -> d
     return out
 
 
-def make_config(budget: Budget, protocol: dict, seed: int, norm: str):
-    """The full semsad-jax config of one run (default config + the budget's overrides)."""
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"discriminator.mu=0.25"`` -> ("discriminator.mu", 0.25) (a Python literal, else a string)."""
+    key, eq, text = item.partition("=")
+    if not eq or not key.strip():
+        raise SystemExit(f"--set {item!r}: write KEY=VALUE, e.g. --set discriminator.mu=0.25")
+    try:
+        value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        value = text.strip()
+    return key.strip(), value
+
+
+def apply_overrides(config, overrides) -> None:
+    for key, value in overrides:
+        *path, name = key.split(".")
+        section = config
+        for part in path:
+            section = section[part]
+        if name not in section:
+            raise SystemExit(f"--set {key}: the config has no such field")
+        section[name] = tuple(value) if isinstance(value, list) else value
+
+
+def make_config(budget: Budget, protocol: dict, seed: int, norm: str, extra=()):
+    """The full semsad-jax config of one run (default config + the budget's sizes and recipe)."""
     from configs import default
 
     c = default.get_config()
     c.seed, c.dtype, c.progress = seed, budget.dtype, False
-    c.data.train, c.data.test, c.data.image_size = (
-        protocol["train"],
-        protocol["test"],
-        budget.image_size,
-    )
+    c.data.train, c.data.test = protocol["train"], protocol["test"]
+    c.data.image_size = budget.image_size
     e = c.encoder
-    e.width, e.batch_size, e.epochs, e.temperature = (
-        budget.width,
-        budget.enc_batch,
-        budget.enc_epochs,
-        0.5,
-    )
+    e.width, e.batch_size, e.epochs = budget.width, budget.enc_batch, budget.enc_epochs
     e.learning_rate = budget.enc_lr
     e.checkpoint_every_steps, e.log_every_steps, e.knn_k = 1000, 50, 20
     s = c.discriminator
@@ -191,25 +230,42 @@ def make_config(budget: Budget, protocol: dict, seed: int, norm: str):
     c.eval.batch_size, c.eval.plots = budget.eval_batch, False
     for name, spec in protocol["ood"].items():
         c.eval.ood[name] = spec
+    apply_overrides(c, (*budget.overrides, *extra))
     return c
 
 
+def _link_encoder(source: str, workdir: str) -> None:
+    if os.path.exists(os.path.join(workdir, "encoder")):
+        return
+    os.makedirs(workdir, exist_ok=True)
+    os.symlink(source, os.path.join(workdir, "encoder"))
+
+
 def run_one(
-    work_root: str, name: str, protocol: dict, seed: int, budget: Budget, bn_modes: list[str]
+    work_root: str,
+    name: str,
+    protocol: dict,
+    seed: int,
+    budget: Budget,
+    bn_modes: list[str],
+    extra=(),
+    encoders_from: str | None = None,
 ) -> list[dict]:
     """Encoder, then discriminator + eval per bn mode; returns one record per (detector, ood)."""
     base = os.path.join(work_root, name, f"seed{seed}")
     records, first_dir = [], None
     for i, mode in enumerate(bn_modes):
         workdir = os.path.join(base, mode)
-        config = make_config(budget, protocol, seed, BN_MODES[mode])
+        config = make_config(budget, protocol, seed, BN_MODES[mode], extra)
         t0 = time.time()
         if first_dir is None:
+            shared = encoders_from and os.path.join(encoders_from, name, f"seed{seed}", mode)
+            if shared and os.path.isdir(os.path.join(shared, "encoder")):
+                _link_encoder(os.path.realpath(os.path.join(shared, "encoder")), workdir)
             run(config, workdir, "encoder")
             first_dir = workdir
-        elif not os.path.exists(os.path.join(workdir, "encoder")):
-            os.makedirs(workdir, exist_ok=True)
-            os.symlink(os.path.join(first_dir, "encoder"), os.path.join(workdir, "encoder"))
+        else:
+            _link_encoder(os.path.realpath(os.path.join(first_dir, "encoder")), workdir)
         t1 = time.time()
         run(config, workdir, "discriminator")
         t2 = time.time()
@@ -217,7 +273,7 @@ def run_one(
         t3 = time.time()
         for detector, per_ood in results["detectors"].items():
             if detector != "semsad" and i > 0:
-                continue  # baselines depend only on the encoder: reported once
+                continue  # the baselines do not depend on the discriminator: reported once
             for ood, metrics in per_ood.items():
                 records.append(
                     {
@@ -226,6 +282,7 @@ def run_one(
                         "detector": detector,
                         "ood": ood,
                         "bn_mode": mode if detector == "semsad" else "-",
+                        "label_free": results.get("label_free", True),
                         **{k: metrics[k] for k in ("auroc", "fpr95", "aupr_in", "aupr_out")},
                         "seconds": {
                             "encoder": round(t1 - t0, 1),
@@ -244,8 +301,10 @@ def parse_args(argv):
     p.add_argument("--archive", default=ARCHIVE, help=f"CIFAR-10 JPEG archive (default {ARCHIVE})")
     p.add_argument("--seeds", default=None, help="comma-separated; default: the budget's")
     p.add_argument("--protocols", default=None, help="comma-separated subset of the protocols")
-    p.add_argument("--bn-modes", default=",".join(BN_MODES))
+    p.add_argument("--bn-modes", default=None, help="default: the budget's")
     p.add_argument("--work", default=None, help="workdirs' root (default OUT/work)")
+    p.add_argument("--set", action="append", default=[], help="KEY=VALUE config override")
+    p.add_argument("--encoders-from", default=None, help="reuse the encoders of this work root")
     return p.parse_args(argv)
 
 
@@ -256,20 +315,24 @@ def main(argv: list[str] | None = None) -> dict:
     if not os.path.exists(archive):
         raise SystemExit(f"CIFAR-10 archive not found at {archive}; pass --archive=PATH")
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(budget.seeds)
-    bn_modes = [m for m in args.bn_modes.split(",") if m]
+    bn_modes = [m for m in (args.bn_modes or ",".join(budget.bn_modes)).split(",") if m]
     if set(bn_modes) - set(BN_MODES):
         raise SystemExit(f"--bn-modes: choose from {', '.join(BN_MODES)}")
+    extra = tuple(parse_override(item) for item in args.set)
     protos = protocols(budget, archive, args.protocols.split(",") if args.protocols else None)
     os.makedirs(args.out, exist_ok=True)
     # absolute: the second bn mode links the first one's encoder, and a relative link target would
     # resolve against the link's own folder
     work_root = os.path.abspath(args.work or os.path.join(args.out, "work"))
+    encoders_from = os.path.abspath(args.encoders_from) if args.encoders_from else None
     _enable_compile_cache(os.path.join(work_root, "jax_cache"))
     t0, records = time.time(), []
     for name, protocol in protos.items():
         for seed in seeds:
-            records += run_one(work_root, name, protocol, seed, budget, bn_modes)
-            result = write_results(args, budget, seeds, protos, records, t0)  # partial results too
+            records += run_one(
+                work_root, name, protocol, seed, budget, bn_modes, extra, encoders_from
+            )
+            result = write_results(args, budget, seeds, protos, records, t0, extra)
     print(markdown_report(result))
     return result
 
@@ -282,11 +345,13 @@ def _enable_compile_cache(path: str) -> None:
         jax.config.update("jax_compilation_cache_dir", path)
 
 
-def write_results(args, budget: Budget, seeds, protos, records, t0: float) -> dict:
+def write_results(args, budget: Budget, seeds, protos, records, t0: float, extra=()) -> dict:
     """Writes OUT/results.json and OUT/results.md for the records so far; returns the result."""
     result = {
         "budget_name": args.budget,
         "budget": dataclasses.asdict(budget),
+        "overrides": [list(kv) for kv in (*budget.overrides, *extra)],
+        "label_free": all(r.get("label_free", True) for r in records),
         "seeds": seeds,
         "protocols": protos,
         "machine": machine_info(),

@@ -27,10 +27,10 @@ def aggregate(records: list[dict]) -> list[dict]:
     for r in records:
         groups[(r["protocol"], r["detector"], r["bn_mode"], r["ood"])][r["seed"]] = r
     one_class: dict[tuple, dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for (protocol, detector, mode, _), by_seed in groups.items():
+    for (protocol, detector, mode, ood), by_seed in groups.items():
         if protocol.startswith("one_class_"):
             for seed, r in by_seed.items():
-                one_class[(detector, mode)][seed].append(r)
+                one_class[(detector, mode, ood)][seed].append(r)
     rows = []
     for (protocol, detector, mode, ood), by_seed in groups.items():
         row = {
@@ -43,12 +43,12 @@ def aggregate(records: list[dict]) -> list[dict]:
         for m in METRICS:
             row[f"{m}_mean"], row[f"{m}_std"] = _spread([r[m] for r in by_seed.values()])
         rows.append(row)
-    for (detector, mode), by_seed in one_class.items():
+    for (detector, mode, ood), by_seed in one_class.items():
         row = {
             "protocol": ONE_CLASS_MEAN,
             "detector": detector,
             "bn_mode": mode,
-            "ood": "other_nine",
+            "ood": ood,
             "seeds": len(by_seed),
             "classes": max(len(v) for v in by_seed.values()),
         }
@@ -56,14 +56,42 @@ def aggregate(records: list[dict]) -> list[dict]:
             per_seed = [float(np.mean([r[m] for r in rs])) for rs in by_seed.values()]
             row[f"{m}_mean"], row[f"{m}_std"] = _spread(per_seed)
         rows.append(row)
-    order = {"semsad": 0, "knn": 1, "mahalanobis": 2}
-    rows.sort(key=lambda r: (r["protocol"], order.get(r["detector"], 9), r["bn_mode"]))
+    order = {"semsad": 0, "knn": 1, "mahalanobis": 2, "pixels_knn": 3}
+    rows.sort(key=lambda r: (r["protocol"], r["ood"], order.get(r["detector"], 9), r["bn_mode"]))
+    return rows
+
+
+def is_far(ood: str) -> bool:
+    return ood.startswith("far_")
+
+
+def far_rows(records: list[dict]) -> list[dict]:
+    """Per far-OOD set and detector: AUROC mean and spread over every (protocol, seed), and min."""
+    groups: dict[tuple, list[float]] = defaultdict(list)
+    for r in records:
+        if is_far(r["ood"]):
+            groups[(r["ood"], r["detector"], r["bn_mode"])].append(r["auroc"])
+    rows = []
+    for (ood, detector, mode), values in sorted(groups.items()):
+        mean, std = _spread(values)
+        rows.append(
+            {
+                "ood": ood,
+                "detector": detector,
+                "bn_mode": mode,
+                "runs": len(values),
+                "auroc_mean": mean,
+                "auroc_std": std,
+                "auroc_min": float(min(values)),
+            }
+        )
     return rows
 
 
 def markdown_report(result: dict) -> str:
     """Header (budget, machine, minutes) and one table: AUROC / FPR95 in %, mean +- std."""
     b, m = result["budget"], result["machine"]
+    overrides = ", ".join(f"{k}={v}" for k, v in result.get("overrides", []))
     lines = [
         f"# CIFAR-10 quality, budget {result['budget_name']}: {b['image_size']} px, encoder width "
         f"{b['width']} x {b['enc_epochs']} epochs (batch {b['enc_batch']}), discriminator width "
@@ -72,13 +100,32 @@ def markdown_report(result: dict) -> str:
         f"Machine: {m['backend']} ({', '.join(sorted(set(m['devices'])))}), {m['cpu_count']} CPUs; "
         f"{result['minutes']} minutes. AUROC and FPR at 95% TPR in %, in-distribution = positive; "
         "mean +- sample std over seeds.",
+        f"Recipe overrides: {overrides or 'none'}."
+        + ("" if result.get("label_free", True) else " NOT LABEL-FREE: a diagnostic run."),
         "",
         "| protocol | detector | bn mode | OOD | AUROC | FPR95 | seeds |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in result["summary"]:
+        if is_far(r["ood"]):
+            continue
         cells = [r["protocol"], r["detector"], r["bn_mode"], r["ood"]]
         cells += [f"{100 * r[f'{k}_mean']:.1f} +- {100 * r[f'{k}_std']:.1f}" for k in METRICS]
         cells.append(str(r["seeds"]))
         lines.append("| " + " | ".join(cells) + " |")
+    far = far_rows(result.get("records", []))
+    if far:
+        lines += [
+            "",
+            "Far OOD: AUROC in %, mean +- std and minimum over every protocol and seed.",
+            "",
+            "| far-OOD set | detector | bn mode | AUROC | min | runs |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in far:
+            lines.append(
+                f"| {r['ood']} | {r['detector']} | {r['bn_mode']} | "
+                f"{100 * r['auroc_mean']:.1f} +- {100 * r['auroc_std']:.1f} | "
+                f"{100 * r['auroc_min']:.1f} | {r['runs']} |"
+            )
     return "\n".join(lines)

@@ -9,7 +9,7 @@ batch 128, AMSGrad 5e-5, 701 epochs. OOD = the first 10k test images of each OOD
 For bfloat16 on GPU/TPU add --config.dtype=bfloat16.
 """
 
-from configs import default
+from configs import default, far_ood
 
 
 def get_config():
@@ -21,4 +21,4 @@ def get_config():
     c.discriminator.checkpoint_every_steps = 2000
     c.eval.ood.svhn = "tfds:svhn_cropped/test[:10000]"
     c.eval.ood.cifar100 = "tfds:cifar100/test[:10000]"
-    return c
+    return far_ood.add(c)

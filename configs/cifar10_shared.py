@@ -11,7 +11,7 @@ Class split (first five classes in, last five out):
 
 import os
 
-from configs import default
+from configs import default, far_ood
 
 ARCHIVE = os.path.normpath(
     os.path.join(
@@ -46,4 +46,4 @@ def get_config():
     c.discriminator.lr_boundaries = (6, 9)
     c.discriminator.checkpoint_every_steps = 200
     c.eval.ood.cifar10_last_five = f"archive:{ARCHIVE}!test?classes={LAST_FIVE}"
-    return c
+    return far_ood.add(c)

@@ -14,7 +14,7 @@ names the split (default ``first5``):
 CPU-sized like configs/cifar10_shared.py; see docs/protocols.md.
 """
 
-from configs import cifar10_shared
+from configs import cifar10_shared, far_ood
 from configs.oneclass import CLASSES, class_name
 
 SPLITS = {
@@ -44,4 +44,5 @@ def get_config(arg: str = "first5"):
     c.data.test = f"archive:{archive}!test?classes={classes}"
     del c.eval.ood["cifar10_last_five"]
     c.eval.ood.rest = f"archive:{archive}!test?exclude={classes}"
+    far_ood.add(c)
     return c

@@ -70,11 +70,20 @@ def get_config() -> ml_collections.ConfigDict:
         "batch"  # "batch" (running stats at inference), "group", "batch_transductive" (authors').
     )
     s.out_dim = 1  # Paper: 1; authors' code: 64 logits (loss averaged over them, score = sum).
-    s.head = "linear"
+    s.head = "mlp"  # Paper App. D.2: "the projecting head maps to a scalar value" (MLP, ELU); authors: "linear".
     s.conv_impl = "auto"  # As encoder.conv_impl.
     s.neighbours = 4  # k of the semantic neighbourhood S(x).
+    # S(x) = the k nearest by h among neighbour_pool random training images (paper App. D.2 and
+    # Table 3: 10k); 0 = among the whole training set. Sets of at most neighbour_pool images: the same.
+    s.neighbour_pool = 10000
+    # "encoder" (SemSAD: nearest by h) or "labels" (DIAGNOSTIC ONLY, uses labels: k random images of
+    # the same class; results.json then says "label_free": false).
+    s.neighbourhood = "encoder"
     s.mu = 1.0 / 32  # Fraction of positive pairs replaced by (x, member of S(x)).
-    s.pairs = "paper"  # "paper" or "authors" pair-sampling variant (see semsad_jax.pairs).
+    s.pairs = "paper"  # "paper" or "authors" pair-sampling variant (see semsad_jax.method.pairs).
+    # Extension (0 = the paper): this fraction of negatives pairs x with a rotated / quadrant-
+    # permuted copy of itself, so "same low-level statistics" stops being a cue for "positive".
+    s.shifted_negatives = 0.0
     s.pos_augment = "t_pos"
     s.neg_augment = "t_neg"
     s.gamma = "uniform"  # "uniform" (paper: U(1, 10)) or "integer" (authors': 1..9).
@@ -101,7 +110,11 @@ def get_config() -> ml_collections.ConfigDict:
     v.in_distribution = ""  # Spec of the in-distribution test set; "" = data.test.
     v.ood = ml_collections.ConfigDict()  # name -> spec, e.g. v.ood.svhn = "tfds:svhn_cropped/test".
     v.batch_size = 500
-    v.knn_k = 1  # k of the knn baseline (similarity to the k-th nearest training feature).
+    v.knn_k = 1  # k of the knn and pixels_knn detectors (similarity to the k-th nearest).
+    # Features of the knn / mahalanobis baselines: "penultimate" (pooled backbone features, as SSD
+    # and KNN of Sun et al. use) or "head" (the 128-d projection h).
+    v.baseline_features = "penultimate"
+    v.pixels_centre = False  # pixels_knn floor: subtract the mean training image first.
     # mahalanobis baseline (SSD without labels) on the L2-normalised h features of the bank:
     v.mahalanobis_clusters = 1  # 1 = one Gaussian; > 1 = k-means clusters, distance to the nearest.
     v.mahalanobis_shrinkage = 0.0  # Covariance (1-a) S + a tr(S)/D I before the pinv; 0 = SSD's.

@@ -8,7 +8,7 @@ In-distribution = digits 0-4, OOD = digits 5-9 (the class-split protocol), so th
 if small, novelty-detection task.
 """
 
-from configs import default
+from configs import default, far_ood
 
 
 def get_config():
@@ -33,5 +33,6 @@ def get_config():
     c.discriminator.log_every_steps = 10
     c.discriminator.feature_batch_size = 256
     c.eval.ood.digits_5_9 = "sklearn:digits/test?classes=5,6,7,8,9"
+    far_ood.add(c, limit=300, exclude=("far_digits",))  # the other digits are the near-OOD set
     c.eval.batch_size = 128
     return c

@@ -10,7 +10,7 @@ of the other nine classes (the same name for every class, so ``--mode=report`` a
 classes). CPU-sized like configs/cifar10_shared.py; see docs/protocols.md.
 """
 
-from configs import cifar10_shared
+from configs import cifar10_shared, far_ood
 
 CLASSES = (
     "airplane",
@@ -44,4 +44,5 @@ def get_config(arg: str = "0"):
     c.data.test = f"archive:{archive}!test?classes={name}"
     del c.eval.ood["cifar10_last_five"]
     c.eval.ood.rest = f"archive:{archive}!test?exclude={name}"
+    far_ood.add(c)
     return c

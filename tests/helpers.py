@@ -87,11 +87,12 @@ def train_discriminator(config, workdir, train, test=None, **ctx):
     ``data.test``, the held-out pairs of the report)."""
     ids = identities(config)
     test = load_test_set(config) if test is None else test
+    stage_ctx = context(config, workdir, **ctx)
     return discriminator_stage.train_discriminator(
         config.discriminator,
-        context(config, workdir, **ctx),
+        stage_ctx,
         train,
-        load_encoder(workdir, config),
+        load_encoder(workdir, config, mesh=stage_ctx.mesh),
         test,
         identity=ids["discriminator"],
         encoder_identity=ids["encoder"],

@@ -87,7 +87,8 @@ def _np_resnet(model: ResNet, x: np.ndarray, kind: str, activation: str) -> np.n
     feats = y.mean(axis=(1, 2))
     if model.has_hidden:
         lin = model.head_hidden
-        feats = np.maximum(feats @ np.asarray(lin.kernel[...]) + np.asarray(lin.bias[...]), 0)
+        # the hidden layer uses the network's own activation (ELU in the discriminator)
+        feats = _np_act(feats @ np.asarray(lin.kernel[...]) + np.asarray(lin.bias[...]), activation)
     return feats @ np.asarray(model.head.kernel[...]) + np.asarray(model.head.bias[...])
 
 
@@ -357,6 +358,8 @@ def test_constructors_read_the_default_config():
     enc = nnx.eval_shape(lambda: make_encoder(cfg.encoder, rngs=nnx.Rngs(0), dtype=cfg.dtype))
     assert enc.has_hidden  # paper default: MLP head
     disc = nnx.eval_shape(lambda: make_discriminator(cfg.discriminator, rngs=nnx.Rngs(0)))
+    assert disc.has_hidden and disc.activation == "elu"  # paper: an MLP head to a scalar, ELU
+    assert disc.head.kernel.shape == (512, 1)
     assert len(disc.blocks) == 16 and disc.stem_conv.kernel.shape == (3, 3, 6, 64)
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from semsad_jax.augment import AugmentSpec, get_spec
 from semsad_jax.errors import SemsadError
-from semsad_jax.method.pairs import PairSettings, pair_settings, sample_pairs
+from semsad_jax.method.pairs import PairSettings, pair_settings, sample_pairs, shift_images
 
 N, K, B, SIZE = 24, 3, 16, 8
 sample = jax.jit(sample_pairs, static_argnames=("cfg", "dtype"))
@@ -57,15 +57,67 @@ def test_counts_partners_shapes_and_determinism(data, variant):
         np.testing.assert_array_equal(np.asarray(out[name]), np.asarray(again[name]))
     assert not np.array_equal(np.asarray(out["partner_neg"]), np.asarray(other["partner_neg"]))
     x = _float(images)[bi]
-    if variant == "authors":  # neighbour pairs un-augmented; negatives reuse the reference tensor
+    # neighbour pairs un-augmented in both variants (paper App. D), the other views augmented
+    np.testing.assert_allclose(np.asarray(out["ref_pos"])[is_nb], x[is_nb], atol=1e-6)
+    partners = _float(images)[pos_partner[is_nb]]
+    np.testing.assert_allclose(np.asarray(out["partner_pos"])[is_nb], partners, atol=1e-6)
+    assert not np.allclose(np.asarray(out["ref_pos"])[~is_nb], x[~is_nb], atol=1e-3)
+    if variant == "authors":  # negatives reuse the reference tensor
         np.testing.assert_array_equal(np.asarray(out["ref_neg"]), np.asarray(out["ref_pos"]))
-        np.testing.assert_allclose(np.asarray(out["ref_pos"])[is_nb], x[is_nb], atol=1e-6)
-        partners = _float(images)[pos_partner[is_nb]]
-        np.testing.assert_allclose(np.asarray(out["partner_pos"])[is_nb], partners, atol=1e-6)
-        assert not np.allclose(np.asarray(out["ref_pos"])[~is_nb], x[~is_nb], atol=1e-3)
-    else:  # every view augmented; the negatives' reference is an independent view
+    else:  # both images of a negative through t_neg, independently
         assert not np.allclose(np.asarray(out["ref_neg"]), np.asarray(out["ref_pos"]), atol=1e-3)
-        assert not np.allclose(np.asarray(out["ref_pos"])[is_nb], x[is_nb], atol=1e-3)
+        assert not np.allclose(np.asarray(out["ref_neg"]), x, atol=1e-3)
+    assert not np.asarray(out["is_shifted_negative"]).any()  # off by default (the paper)
+
+
+def test_paper_negatives_use_t_neg_on_both_images(data):
+    """With t_org positives and a crop-only t_neg, every negative image is a crop, none the original."""
+    images, neighbours, batch_idx = data
+    crop = AugmentSpec(crop_scale=(0.1, 0.2), flip_p=0.0, jitter_p=0.0, gray_p=0.0)
+    cfg = PairSettings("paper", mu=0.0, pos_augment="t_org", neg_augment=crop)
+    out = sample(jax.random.key(4), images, neighbours, batch_idx, cfg, jnp.float32)
+    f = _float(images)
+    np.testing.assert_allclose(np.asarray(out["ref_pos"]), f[np.asarray(batch_idx)], atol=1e-6)
+    for name, idx in (("ref_neg", batch_idx), ("partner_neg", out["neg_partner_idx"])):
+        original = f[np.asarray(idx)]
+        diff = np.abs(np.asarray(out[name]) - original).reshape(B, -1).max(axis=1)
+        assert np.all(diff > 1e-3), name
+
+
+def test_shifted_negatives_keep_the_pixels_and_change_the_layout(data):
+    images, neighbours, batch_idx = data
+    cfg = PairSettings("paper", mu=0.0, pos_augment="t_org", shifted_negatives=0.5)
+    out = sample(jax.random.key(5), images, neighbours, batch_idx, cfg, jnp.float32)
+    shifted = np.asarray(out["is_shifted_negative"])
+    assert shifted.sum() == B // 2
+    bi = np.asarray(batch_idx)
+    np.testing.assert_array_equal(np.asarray(out["neg_partner_idx"])[shifted], bi[shifted])
+    assert np.all(np.asarray(out["neg_partner_idx"])[~shifted] != bi[~shifted])
+    x = _float(images)[bi][shifted]
+    partner = np.asarray(out["partner_neg"])[shifted]
+    np.testing.assert_allclose(np.asarray(out["ref_neg"])[shifted], x, atol=1e-6)  # t_org ref
+    for a, b in zip(partner, x):
+        np.testing.assert_allclose(np.sort(a.ravel()), np.sort(b.ravel()), atol=1e-6)
+        assert not np.allclose(a, b)
+
+
+def test_shift_images_are_rotations_or_quadrant_permutations():
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 4, 4, 3)).astype(np.float32)
+    out = np.asarray(shift_images(jax.random.key(0), jnp.asarray(x)))
+    kinds = set()
+    for a, b in zip(out, x):
+        rotations = [np.rot90(b, r) for r in (1, 2, 3)]
+        quads = [b[:2, :2], b[:2, 2:], b[2:, :2], b[2:, 2:]]
+        hit = [r for r in range(3) if np.array_equal(a, rotations[r])]
+        if hit:
+            kinds.add(hit[0])
+            continue
+        got = [a[:2, :2], a[:2, 2:], a[2:, :2], a[2:, 2:]]
+        perm = [next(j for j in range(4) if np.array_equal(g, quads[j])) for g in got]
+        assert perm != [0, 1, 2, 3]
+        kinds.add("quadrants")
+    assert kinds == {0, 1, 2, "quadrants"}
 
 
 def test_identity_views_hold_the_chosen_images(data):
@@ -117,6 +169,7 @@ def test_mu_extremes_and_settings(data):
         get = dict.get
 
     paper = pair_settings(Section(pairs="paper", mu=0.25, pos_augment="t_pos", neg_augment="t_neg"))
+    assert pair_settings(Section(shifted_negatives=0.25)).shifted_negatives == 0.25
     authors = pair_settings(Section(pairs="authors", neg_augment="t_neg"))
     assert paper == PairSettings("paper", 0.25, "t_pos", "t_neg")
     assert authors.neg_augment == "t_neg_authors" and get_spec(authors.neg_augment).blur_p == 0.5

@@ -18,7 +18,7 @@ import zipfile
 
 import numpy as np
 
-from semsad_jax.data import archives, cache, imagefiles
+from semsad_jax.data import archives, cache, imagefiles, synthetic
 from semsad_jax.data.arrays import ImageSet, check_image_size, images_from_array
 from semsad_jax.data.specs import Spec, parse_spec, select_indices
 from semsad_jax.errors import SemsadError
@@ -129,6 +129,8 @@ def digits_split_indices(target: np.ndarray, split: str) -> np.ndarray:
 
 
 def _load_sklearn(spec: Spec, image_size: int) -> ImageSet:
+    if spec.location == "sample_images":
+        return _from_arrays(spec, synthetic.sample_image_crops(), None, None, image_size)
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -231,6 +233,9 @@ def load_images(
         loaded = _load_npz(parsed, image_size)
     elif parsed.kind == "sklearn":
         loaded = _load_sklearn(parsed, image_size)
+    elif parsed.kind == "synthetic":
+        images = synthetic.synthetic_images(parsed.location)
+        loaded = _from_arrays(parsed, images, None, None, image_size)
     else:
         loaded = _load_tfds(parsed, image_size)
     if not len(loaded):

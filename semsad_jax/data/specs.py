@@ -7,6 +7,8 @@ One syntax everywhere (config files, CLI overrides, Python API)::
     archive:PATH[!SUBDIR]      the same inside a .tar/.tar.gz/.tgz/.tar.bz2/.tar.xz/.zip
     npz:PATH                   arrays ``images`` [, ``labels``, ``class_names``]
     sklearn:digits[/train|/test]
+    sklearn:sample_images      crops of scikit-learn's two sample photos (far OOD, offline)
+    synthetic:NAME             noise, constant, blobs, stripes, checkerboard, shapes, text
 
 followed by an optional query: ``?classes=cat,dog&exclude=frog&limit=500&seed=1``.
 
@@ -31,9 +33,10 @@ import numpy as np
 
 from semsad_jax.errors import SemsadError
 
-KINDS = ("tfds", "folder", "archive", "npz", "sklearn")
+KINDS = ("tfds", "folder", "archive", "npz", "sklearn", "synthetic")
 QUERY_KEYS = ("classes", "exclude", "limit", "seed")
-SKLEARN_DATASETS = ("digits",)
+SKLEARN_DATASETS = ("digits", "sample_images")
+SYNTHETIC = ("noise", "constant", "blobs", "stripes", "checkerboard", "shapes", "text")
 SKLEARN_SPLITS = ("train", "test")
 _TFDS_NAME = re.compile(r"^[A-Za-z0-9_]+(/[A-Za-z0-9_.\-]+)?(:[0-9.*]+)?$")
 _EXAMPLES = "e.g. tfds:cifar10/train, folder:/data/imgs, archive:x.tar.gz!train, npz:x.npz"
@@ -135,9 +138,15 @@ def parse_spec(spec: str) -> Spec:
     elif kind == "sklearn":
         location, _, subdir = rest.partition("/")
         if location not in SKLEARN_DATASETS:
-            raise _bad(text, f"unknown sklearn dataset {location!r}", "use sklearn:digits")
-        if subdir and subdir not in SKLEARN_SPLITS:
+            raise _bad(
+                text, f"unknown sklearn dataset {location!r}", "use sklearn:digits or sample_images"
+            )
+        if subdir and (location != "digits" or subdir not in SKLEARN_SPLITS):
             raise _bad(text, f"unknown split {subdir!r}", "use sklearn:digits[/train|/test]")
+    elif kind == "synthetic":
+        location = rest
+        if location not in SYNTHETIC:
+            raise _bad(text, f"unknown synthetic set {location!r}", f"use one of {SYNTHETIC}")
     else:
         location = rest
         if kind == "archive" and "!" in rest:

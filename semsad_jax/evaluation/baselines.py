@@ -2,7 +2,7 @@
 
 Both follow this package's convention: a HIGHER score means MORE in-distribution.
 
-* ``knn`` (Sun et al. 2022, "KNN"): cosine similarity of a test image's h feature to its k-th nearest
+* ``knn`` (Sun et al. 2022, "KNN"): cosine similarity of a test image's feature to its k-th nearest
   training feature (k = ``eval.knn_k``, default 1), searched exactly on the device.
 * ``mahalanobis`` (SSD, Sehwag et al. 2021, without labels): one Gaussian (or one per k-means cluster)
   fitted to the L2-normalised training-bank features; score = minus the Mahalanobis distance to the
@@ -11,6 +11,12 @@ Both follow this package's convention: a HIGHER score means MORE in-distribution
   Eigenvalues below ``PINV_RTOL`` x the largest count as zero: numpy's default cut-off (about 1e-14)
   keeps rounding-noise directions, which dominate the distance when the bank has fewer images than
   feature dimensions or the features fill only a subspace.
+* ``pixels_knn``: the floor every learned detector must beat. Cosine similarity of a test image's raw
+  pixels (uint8 / 255, flattened; optionally minus the mean training image) to its k-th nearest
+  training image. No learning at all.
+
+Both learned baselines use the SAME encoder as SemSAD; by default its penultimate (pooled backbone)
+features, as SSD and KNN do (``eval.baseline_features="head"``: the 128-d projection h).
 """
 
 from __future__ import annotations
@@ -23,7 +29,14 @@ from jax.sharding import Mesh
 from semsad_jax.errors import SemsadError
 from semsad_jax.method.neighbours import l2_normalize, top_k_cosine
 
-__all__ = ["Gaussians", "fit_mahalanobis", "knn_scores", "mahalanobis_scores"]
+__all__ = [
+    "Gaussians",
+    "PixelBank",
+    "fit_mahalanobis",
+    "knn_scores",
+    "mahalanobis_scores",
+    "pixel_knn_scores",
+]
 PINV_RTOL = 1e-6
 
 
@@ -124,3 +137,48 @@ def mahalanobis_scores(model: Gaussians, features: np.ndarray) -> np.ndarray:
         squared.append(np.einsum("qd,de,qe->q", centred, precision, centred))
     distance = np.sqrt(np.maximum(np.min(np.stack(squared), axis=0), 0.0))
     return (-distance).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class PixelBank:
+    """Training images as pixel vectors for :func:`pixel_knn_scores`.
+
+    Attributes:
+      vectors: float32 [N, H*W*C], pixels in [0, 1], minus ``mean`` when centred.
+      mean: float32 [H*W*C], the mean training image, or None (not centred).
+    """
+
+    vectors: np.ndarray
+    mean: np.ndarray | None
+
+    @classmethod
+    def from_images(cls, images_u8: np.ndarray, *, centre: bool = False) -> PixelBank:
+        vectors = _pixels(images_u8)
+        mean = vectors.mean(axis=0) if centre else None
+        return cls(vectors - mean if centre else vectors, mean)
+
+    def queries(self, images_u8: np.ndarray) -> np.ndarray:
+        vectors = _pixels(images_u8)
+        if vectors.shape[1] != self.vectors.shape[1]:
+            raise SemsadError(
+                f"images have {vectors.shape[1]} values each but the training images "
+                f"{self.vectors.shape[1]}; load both at the same image size."
+            )
+        return vectors if self.mean is None else vectors - self.mean
+
+
+def _pixels(images_u8: np.ndarray) -> np.ndarray:
+    images = np.asarray(images_u8)
+    if images.ndim < 2 or len(images) == 0:
+        raise SemsadError(f"images have shape {images.shape}; pass a non-empty [N, H, W, C] batch.")
+    return images.reshape(len(images), -1).astype(np.float32) / 255.0
+
+
+def pixel_knn_scores(
+    images_u8: np.ndarray, bank: PixelBank, k: int = 1, *, mesh: Mesh | None = None
+) -> np.ndarray:
+    """Cosine similarity of each image's pixels to its ``k``-th nearest training image: f32 [Q].
+
+    Higher = more in-distribution. A constant (zero-norm after centring) image scores 0.
+    """
+    return knn_scores(bank.queries(images_u8), bank.vectors, k, mesh=mesh)

@@ -146,8 +146,12 @@ class Detector:
             raise SemsadError("no images given; pass at least one image.")
         return images
 
-    def features(self, images: Any, *, resize: bool = False) -> np.ndarray:
-        """L2-normalised h features (inference mode): uint8 images -> float32 [N, D]."""
+    def features(self, images: Any, *, resize: bool = False, output: str = "head") -> np.ndarray:
+        """L2-normalised encoder features (inference mode): uint8 images -> float32 [N, D].
+
+        ``output``: "head" (h, what SemSAD's neighbour search uses) or "penultimate" (the pooled
+        backbone features before the head, what the knn / mahalanobis baselines use by default).
+        """
         images = self.check_images(images, resize=resize)
         graphdef, params, stats = self.encoder
         return compute_features(
@@ -158,6 +162,7 @@ class Detector:
             mesh=self.mesh,
             batch_size=int(self.config.eval.batch_size),
             dtype=self._dtype,
+            output=output,
         )
 
     def nearest_features(self, features: np.ndarray, k: int = 1) -> Neighbours:

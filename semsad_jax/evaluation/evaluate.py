@@ -4,9 +4,13 @@ For the in-distribution test set (``eval.in_distribution`` or ``data.test``) and
 (``eval.ood`` plus repeatable ``--ood NAME=SPEC``), each image x gets
 
 * ``semsad``: s(r, x), r = x's top-1 cosine neighbour among the training features (reference =
-  training neighbour, partner = test image), see :class:`semsad_jax.detector.Detector`;
-* ``knn``: cosine similarity to the ``eval.knn_k``-th nearest training feature;
-* ``mahalanobis``: minus the Mahalanobis distance to the training Gaussian(s) (SSD without labels).
+  training neighbour, partner = test image), see :class:`semsad_jax.evaluation.detector.Detector`;
+* ``knn``: cosine similarity to the ``eval.knn_k``-th nearest training feature of the same encoder
+  (penultimate features by default, ``eval.baseline_features``);
+* ``mahalanobis``: minus the Mahalanobis distance to the training Gaussian(s) (SSD without labels),
+  on the same features;
+* ``pixels_knn``: cosine similarity of the raw pixels to the ``eval.knn_k``-th nearest training image
+  (the floor: no learning; ``eval.pixels_centre`` subtracts the mean training image first).
 
 Higher = more in-distribution; in-distribution is the POSITIVE class of every metric. Outputs in
 ``WORKDIR/eval/``: results.json (metrics as fractions in [0, 1], per-detector thresholds keeping
@@ -17,6 +21,7 @@ Higher = more in-distribution; in-distribution is the POSITIVE class of every me
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import logging
 import os
@@ -31,7 +36,13 @@ from semsad_jax import __version__
 from semsad_jax.data import DataSets, parse_spec
 from semsad_jax.errors import SemsadError
 from semsad_jax.evaluation import plots
-from semsad_jax.evaluation.baselines import fit_mahalanobis, knn_scores, mahalanobis_scores
+from semsad_jax.evaluation.baselines import (
+    PixelBank,
+    fit_mahalanobis,
+    knn_scores,
+    mahalanobis_scores,
+    pixel_knn_scores,
+)
 from semsad_jax.evaluation.detector import Detector, bn_mode
 from semsad_jax.evaluation.report import IN_NAME, METRICS, results_table, scores_key
 from semsad_jax.method.metrics import ood_metrics, threshold_at_tpr
@@ -40,7 +51,7 @@ from semsad_jax.workdir import layout
 from semsad_jax.workdir.layout import Workdir, as_workdir, write_json
 
 log = logging.getLogger(__name__)
-DETECTORS = ("semsad", "knn", "mahalanobis")
+DETECTORS = ("semsad", "knn", "mahalanobis", "pixels_knn")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _sample_pairs = jax.jit(sample_pairs, static_argnames=("cfg",))
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "scikit-learn")
@@ -96,13 +107,57 @@ def _config_dict(config: Any) -> dict:
     return config.to_dict() if hasattr(config, "to_dict") else dict(config)
 
 
-def score_set(detector: Detector, gaussians: Any, images: np.ndarray, knn_k: int) -> dict:
-    """All detectors' scores of one set: {"semsad", "knn", "mahalanobis": f32 [N], "nn": i32 [N]}."""
-    semsad, feats, nn = detector.score_with_neighbours(images)
+@dataclasses.dataclass
+class Floors:
+    """The baselines of one evaluation, fitted once on the training bank (see evaluation.baselines).
+
+    Attributes:
+      features: "penultimate" or "head" (``eval.baseline_features``); train: those features of the
+      bank, L2-normalised; gaussians: the fitted Mahalanobis model; pixels: the bank's pixel vectors;
+      knn_k: k of knn and pixels_knn.
+    """
+
+    features: str
+    train: np.ndarray
+    gaussians: Any
+    pixels: PixelBank
+    knn_k: int
+
+    @classmethod
+    def fit(cls, detector: Detector, section: Any, seed: int) -> Floors:
+        """From the ``eval`` config section and the detector's bank."""
+        kind = str(section.baseline_features)
+        if kind not in ("penultimate", "head"):
+            raise SemsadError(
+                f"unknown eval.baseline_features {kind!r}; use 'penultimate' or 'head'."
+            )
+        bank = detector.bank
+        knn_k = int(section.knn_k)
+        if not 1 <= knn_k <= len(bank.features):
+            raise SemsadError(
+                f"eval.knn_k={knn_k} is out of range for {len(bank.features)} training images."
+            )
+        train = bank.features if kind == "head" else detector.features(bank.images, output=kind)
+        gaussians = fit_mahalanobis(
+            train,
+            clusters=int(section.mahalanobis_clusters),
+            shrinkage=float(section.mahalanobis_shrinkage),
+            seed=seed,
+        )
+        pixels = PixelBank.from_images(bank.images, centre=bool(section.pixels_centre))
+        return cls(kind, train, gaussians, pixels, knn_k)
+
+
+def score_set(detector: Detector, floors: Floors, images: np.ndarray) -> dict:
+    """All detectors' scores of one set: {DETECTOR: f32 [N] for DETECTORS, "nn": i32 [N]}."""
+    semsad, head, nn = detector.score_with_neighbours(images)
+    feats = head if floors.features == "head" else detector.features(images, output=floors.features)
+    mesh, k = detector.mesh, floors.knn_k
     return {
         "semsad": semsad,
-        "knn": knn_scores(feats, detector.bank.features, knn_k, mesh=detector.mesh),
-        "mahalanobis": mahalanobis_scores(gaussians, feats),
+        "knn": knn_scores(feats, floors.train, k, mesh=mesh),
+        "mahalanobis": mahalanobis_scores(floors.gaussians, feats),
+        "pixels_knn": pixel_knn_scores(images, floors.pixels, k, mesh=mesh),
         "nn": nn.indices[:, 0],
     }
 
@@ -167,21 +222,12 @@ def evaluate_detector(
     if not oods:
         log.warning("no OOD sets (eval.ood or --ood NAME=SPEC): only thresholds are computed")
     v = config.eval
-    tpr, knn_k = float(v.tpr), int(v.knn_k)
-    if not 1 <= knn_k <= len(detector.bank.features):
-        raise SemsadError(
-            f"eval.knn_k={knn_k} is out of range for {len(detector.bank.features)} training images."
-        )
-    gaussians = fit_mahalanobis(
-        detector.bank.features,
-        clusters=int(v.mahalanobis_clusters),
-        shrinkage=float(v.mahalanobis_shrinkage),
-        seed=int(config.seed),
-    )
+    tpr = float(v.tpr)
+    floors = Floors.fit(detector, v, int(config.seed))
     scored = {}
     for name, spec in [(IN_NAME, in_spec), *oods.items()]:
         log.info("scoring %s: %s", name, spec)
-        scored[name] = score_set(detector, gaussians, sets.load(spec).images, knn_k)
+        scored[name] = score_set(detector, floors, sets.load(spec).images)
     results = {
         "in_distribution": in_spec,
         "num_in": len(scored[IN_NAME]["semsad"]),
@@ -193,6 +239,10 @@ def evaluate_detector(
             d: {n: _metrics(scored[IN_NAME][d], scored[n][d], tpr) for n in oods} for d in DETECTORS
         },
         "threshold_95": {d: threshold_at_tpr(scored[IN_NAME][d], tpr) for d in DETECTORS},
+        "baseline_features": floors.features,
+        "pixels_centre": floors.pixels.mean is not None,
+        # False when the discriminator learned from label neighbourhoods (a diagnostic, not SemSAD)
+        "label_free": bool(detector.bank.meta.get("label_free", True)),
         "config": _config_dict(config),
         "versions": versions(),
     }

@@ -26,13 +26,14 @@ from semsad_jax.errors import SemsadError
 from semsad_jax.workdir.layout import Workdir, read_json, write_json
 
 log = logging.getLogger(__name__)
-METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95", "detection_at_95")
+METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95", "detection_at_95", "detection_accuracy")
 HEADERS = {
     "auroc": "AUROC",
     "aupr_in": "AUPR-In",
     "aupr_out": "AUPR-Out",
     "fpr95": "FPR@95",
     "detection_at_95": "Det@95",
+    "detection_accuracy": "DetAcc",
 }
 IN_NAME = "in_distribution"
 POSITIVE = "in-distribution is the positive class; higher score = more in-distribution"
@@ -67,9 +68,17 @@ def results_table(results: dict) -> str:
             )
     header = ["detector", "OOD set", "n_ood"] + [HEADERS[k] for k in METRICS]
     title = (
-        f"SemSAD evaluation [bn_mode: {results['bn_mode']}]\n"
+        f"SemSAD evaluation [bn_mode: {results['bn_mode']}]"
+        + (
+            ""
+            if results.get("label_free", True)
+            else " [NOT LABEL-FREE: neighbourhoods from labels, a diagnostic]"
+        )
+        + "\n"
         f"in-distribution: {results['in_distribution']} ({results['num_in']} images); {POSITIVE}\n"
-        f"metrics in %; @95 = at the threshold keeping {tpr:g}% of in-distribution test images"
+        f"metrics in %; @95 = at the threshold keeping {tpr:g}% of in-distribution test images; "
+        f"DetAcc = max over thresholds of (TPR + TNR) / 2; knn / mahalanobis on the encoder's "
+        f"{results.get('baseline_features', 'head')} features, pixels_knn on raw pixels"
     )
     return title + "\n" + text_table(header, rows)
 
@@ -112,8 +121,8 @@ def aggregate(runs: list[dict]) -> dict:
             if len(present) < len(runs):
                 log.warning("%s / %s is missing from some runs; left out", detector, name)
                 continue
-            out.setdefault(detector, {})[name] = {
-                k: _spread([m[k] for m in present]) for k in METRICS
+            out.setdefault(detector, {})[name] = {  # metrics an older run lacks are left out
+                k: _spread([m[k] for m in present]) for k in METRICS if all(k in m for m in present)
             }
     return out
 
@@ -167,7 +176,8 @@ def report_table(report: dict) -> str:
     for detector, sets in report["metrics"].items():
         for name, metrics in sets.items():
             cells = [
-                f"{100 * m['mean']:.2f}±{100 * m['std']:.2f}" for m in (metrics[k] for k in METRICS)
+                f"{100 * m['mean']:.2f}±{100 * m['std']:.2f}" if m else "-"
+                for m in (metrics.get(k) for k in METRICS)
             ]
             v = vote.get(detector, {}).get(name)
             votes = (

@@ -18,6 +18,7 @@ from jax.sharding import Mesh
 
 from semsad_jax import parallel
 from semsad_jax.augment import to_float
+from semsad_jax.errors import SemsadError
 
 
 def padded_batches(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -59,11 +60,15 @@ def map_batched(
     return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
 
 
-@partial(jax.jit, static_argnames=("graphdef", "normalize", "dtype"))
-def _embed(graphdef, params, batch_stats, images, normalize: bool, dtype):
+OUTPUTS = ("head", "penultimate")
+
+
+@partial(jax.jit, static_argnames=("graphdef", "normalize", "dtype", "output"))
+def _embed(graphdef, params, batch_stats, images, normalize: bool, dtype, output: str):
     model = nnx.merge(graphdef, params, batch_stats)
     model.eval()
-    z = model(to_float(images, dtype)).astype(jnp.float32)
+    x = to_float(images, dtype)
+    z = (model(x) if output == "head" else model.features(x)).astype(jnp.float32)
     if normalize:
         z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
     return z
@@ -79,13 +84,18 @@ def compute_features(
     batch_size: int = 1024,
     normalize: bool = True,
     dtype: jnp.dtype = jnp.float32,
+    output: str = "head",
 ) -> np.ndarray:
     """Embeds un-augmented images with the model in inference mode.
 
     Args:
       images: uint8 [N, H, W, 3].
+      output: "head" (the model's output, h for the encoder) or "penultimate" (the pooled backbone
+        features before the head, ``model.features``).
     Returns:
       float32 [N, D], L2-normalised rows when ``normalize``.
     """
-    fn = lambda x: _embed(graphdef, params, batch_stats, x, normalize, dtype)
+    if output not in OUTPUTS:
+        raise SemsadError(f"unknown features {output!r}; use one of {', '.join(OUTPUTS)}.")
+    fn = lambda x: _embed(graphdef, params, batch_stats, x, normalize, dtype, output)
     return map_batched(fn, (images,), mesh=mesh, batch_size=batch_size).astype(np.float32)

@@ -16,7 +16,7 @@ import numpy as np
 
 from semsad_jax.errors import SemsadError
 
-__all__ = ["ood_metrics", "roc_curve_points", "threshold_at_tpr"]
+__all__ = ["detection_accuracy", "ood_metrics", "roc_curve_points", "threshold_at_tpr"]
 
 
 def _scores(values: Any, name: str) -> np.ndarray:
@@ -108,6 +108,20 @@ def roc_curve_points(scores_in: Any, scores_out: Any) -> tuple[np.ndarray, np.nd
     return fpr, tpr
 
 
+def detection_accuracy(scores_in: Any, scores_out: Any) -> float:
+    """max over thresholds t of (TPR(t) + TNR(t)) / 2; in-distribution positive, kept at >= t.
+
+    Every distinct score is a candidate threshold, plus one above all scores (TPR 0, TNR 1), so
+    the result lies in [0.5, 1].
+    """
+    positives = _scores(scores_in, "scores_in")
+    negatives = _scores(scores_out, "scores_out")
+    true_pos, false_pos = _curve(positives, negatives)
+    tpr = np.r_[0.0, true_pos / positives.size]
+    tnr = 1.0 - np.r_[0.0, false_pos / negatives.size]
+    return float(np.max((tpr + tnr) / 2.0))
+
+
 def ood_metrics(scores_in: Any, scores_out: Any, tpr: float = 0.95) -> dict[str, float]:
     """Standard OOD detection metrics; IN-DISTRIBUTION is the POSITIVE class, higher = more in-dist.
 
@@ -123,6 +137,9 @@ def ood_metrics(scores_in: Any, scores_out: Any, tpr: float = 0.95) -> dict[str,
       threshold: the largest t with mean(scores_in >= t) >= tpr (see :func:`threshold_at_tpr`).
       fpr95: fraction of OOD scores >= threshold (OOD images wrongly kept at that TPR).
       detection_at_95: fraction of OOD scores < threshold (flagged) = 1 - fpr95.
+      detection_accuracy: the usual "detection accuracy", max over thresholds t of
+        (TPR(t) + TNR(t)) / 2 (in-distribution kept at score >= t, OOD flagged below t; a
+        threshold above every score counts too, so it is at least 0.5).
       num_in, num_out: the two set sizes.
     All fractions lie in [0, 1]. The "95" names refer to ``tpr`` whatever its value.
     """
@@ -136,6 +153,7 @@ def ood_metrics(scores_in: Any, scores_out: Any, tpr: float = 0.95) -> dict[str,
         "aupr_out": _average_precision(-scores_out, -scores_in),
         "fpr95": fpr,
         "detection_at_95": float(np.mean(scores_out < threshold)),
+        "detection_accuracy": detection_accuracy(scores_in, scores_out),
         "threshold": threshold,
         "num_in": int(scores_in.size),
         "num_out": int(scores_out.size),

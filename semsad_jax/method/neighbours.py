@@ -26,7 +26,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from semsad_jax.errors import SemsadError
 from semsad_jax.parallel import DATA_AXIS
 
-__all__ = ["l2_normalize", "semantic_neighbourhoods", "top_k_cosine"]
+__all__ = [
+    "l2_normalize",
+    "label_neighbourhoods",
+    "pooled_neighbourhoods",
+    "semantic_neighbourhoods",
+    "top_k_cosine",
+]
 
 
 def l2_normalize(x: Any, axis: int = -1, eps: float = 1e-12) -> jax.Array:
@@ -257,3 +263,57 @@ def semantic_neighbourhoods(bank: Any, k: int = 4, **kwargs: Any) -> np.ndarray:
     """
     _, indices = top_k_cosine(bank, bank, k, exclude_self=True, **kwargs)
     return indices
+
+
+def pooled_neighbourhoods(
+    bank: Any, k: int, pool: int, seed: int = 0, *, block: int = 1024, **kwargs: Any
+) -> np.ndarray:
+    """S(x) as the paper picks it: the k most cosine-similar among ``pool`` random other rows.
+
+    Paper App. D.2: "the 4 examples with the highest cosine similarity score among 10k random
+    examples". Queries are taken in blocks of ``block`` rows; each block draws one pool of
+    ``pool`` rows without replacement (as the authors' code searches the previous loader batch),
+    so every query's candidates are a uniform random subset. ``pool <= 0`` or ``pool >= N - 1``:
+    the whole bank (:func:`semantic_neighbourhoods`). Returns int32 [N, k], row i never holds i.
+    """
+    bank = np.asarray(bank)
+    num = bank.shape[0]
+    if pool <= 0 or pool >= num - 1:
+        return semantic_neighbourhoods(bank, k, **kwargs)
+    if not 1 <= k <= pool - 1:
+        raise SemsadError(f"k={k} needs a pool of more than k + 1 rows, got pool={pool}.")
+    rng = np.random.default_rng(seed)
+    out = np.empty((num, k), np.int32)
+    for start in range(0, num, block):
+        rows = np.arange(start, min(start + block, num))
+        candidates = np.sort(rng.choice(num, size=pool, replace=False))
+        _, idx = top_k_cosine(bank[rows], bank[candidates], k + 1, **kwargs)
+        found = candidates[idx]  # [rows, k + 1] bank indices, best first
+        keep = found != rows[:, None]  # a row may meet itself in its pool: drop it
+        keep[keep.sum(axis=1) > k, k] = False  # else drop the (k+1)-th
+        out[rows] = found[keep].reshape(len(rows), k)
+    return out
+
+
+def label_neighbourhoods(labels: Any, k: int, seed: int = 0) -> np.ndarray:
+    """DIAGNOSTIC S(x): k random other rows with the same label (uses labels; not SemSAD).
+
+    Separates what the encoder limits from what the discriminator limits: with these
+    neighbourhoods the discriminator learns from pairs that are semantically close by definition.
+    Returns int32 [N, k]; row i never holds i (members repeat when a class has k rows or fewer).
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.size == 0 or labels.min() < 0:
+        raise SemsadError(
+            "discriminator.neighbourhood='labels' needs a labelled training set; use 'encoder'."
+        )
+    rng = np.random.default_rng(seed)
+    out = np.empty((labels.size, k), np.int32)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        if members.size < 2:
+            raise SemsadError(f"class {label} has one training image; it has no neighbours.")
+        for i in members:
+            others = members[members != i]
+            out[i] = rng.choice(others, size=k, replace=others.size < k)
+    return out

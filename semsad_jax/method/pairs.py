@@ -2,22 +2,33 @@
 
 For a batch of B distinct image indices ``batch_idx`` (row i holds image x_i):
 
-* Positive pairs ``(ref_pos[i], partner_pos[i])``: two views of x_i, except exactly
-  ``round(mu * B)`` rows at random positions (``is_neighbour_pair``) whose partner is a member of
-  the semantic neighbourhood S(x_i), chosen uniformly among its k entries.
-* Negative pairs ``(ref_neg[i], partner_neg[i])``: a view of x_i against a ``neg_augment`` view of
-  ``x_j`` with ``j = batch_idx[(i + r_i) % B]``, ``r_i`` uniform in 1..B-1, so a negative never pairs
-  an image index with itself (``neg_partner_idx`` = j).
+* Positive pairs ``(ref_pos[i], partner_pos[i])``: two ``pos_augment`` (t_pos) views of x_i, except
+  exactly ``round(mu * B)`` rows at random positions (``is_neighbour_pair``) whose partner is a
+  member of the semantic neighbourhood S(x_i), chosen uniformly among its k entries. Neighbour pairs
+  are NOT transformed: (x_i, n) as they are (paper App. D: "for augmentation with semantically
+  similar pairs from the training set there is no transformation applied on positive pairs"; the
+  authors' code does the same), which is exactly what the detector sees at test time.
+* Negative pairs ``(ref_neg[i], partner_neg[i])``: x_i against ``x_j`` with
+  ``j = batch_idx[(i + r_i) % B]``, ``r_i`` uniform in 1..B-1, so a negative never pairs an image
+  index with itself (``neg_partner_idx`` = j).
 
 Variants (``discriminator.pairs``):
 
-* ``"paper"``: every positive view, neighbour pairs included, is an independent ``pos_augment``
-  (t_pos) view; the reference of each negative is a third, independent t_pos view of x_i; negative
-  partners use ``neg_augment`` (t_neg: crop 0.08-1, flip, jitter, blur with p 0.2).
-* ``"authors"`` (nimaous/SemSAD code): neighbour pairs are both un-augmented (t_org); the negatives
-  reuse the positives' reference tensor (``ref_neg is ref_pos``, un-augmented on neighbour rows too);
-  the default ``neg_augment="t_neg"`` is replaced by ``"t_neg_authors"`` (blur with p 0.5); any
-  other ``neg_augment`` preset is used as given.
+* ``"paper"``: both images of a negative go through ``neg_augment`` (t_neg: crop 0.08-1, flip,
+  jitter, blur with p 0.2), independently: P_neg(x, x') = T_n(x') T_n(x) (paper Sec. 3 after Eq. 2;
+  App. D, "on two randomly selected images").
+* ``"authors"`` (nimaous/SemSAD code): the negatives reuse the positives' reference tensor
+  (``ref_neg is ref_pos``: a t_pos view, or x itself on neighbour rows); the default
+  ``neg_augment="t_neg"`` becomes ``"t_neg_authors"`` (blur with p 0.5); any other ``neg_augment``
+  preset is used as given.
+
+Extension (``discriminator.shifted_negatives``, 0 = off = the paper): that fraction of the negative
+rows (``is_shifted_negative``) pairs a t_pos view of x_i with a SHIFTED copy of another t_pos view of
+x_i: rotated by 90, 180 or 270 degrees, or its four quadrants permuted. A shifted copy keeps every
+low-level statistic of the image (colours, contrast, sharpness, texture) and breaks its global
+layout, so such negatives take away "same low-level statistics = positive" as a shortcut (the
+shifting transformations of CSI, Tack et al. 2020, used as negatives in Rafiee et al. 2022).
+``neg_partner_idx`` is x_i's own index on those rows.
 
 Every random choice comes from ``key`` (callers pass ``fold_in(seed_key, step)``); augmentation of
 row i depends only on (key, i) (see :func:`augment.augment_batch`), so the result does not depend on
@@ -27,6 +38,7 @@ how the batch is sharded.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Any
 
 import jax
@@ -46,6 +58,7 @@ class PairSettings:
     mu: float = 1.0 / 32
     pos_augment: str | AugmentSpec = "t_pos"  # preset name or spec (see augment.PRESETS)
     neg_augment: str | AugmentSpec = "t_neg"
+    shifted_negatives: float = 0.0  # extension: fraction of negatives that are shifted copies
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -54,12 +67,20 @@ class PairSettings:
             )
         if not 0.0 <= self.mu <= 1.0:
             raise SemsadError(f"discriminator.mu={self.mu} must be in [0, 1].")
+        if not 0.0 <= self.shifted_negatives <= 1.0:
+            raise SemsadError(
+                f"discriminator.shifted_negatives={self.shifted_negatives} must be in [0, 1]."
+            )
         get_spec(self.pos_augment)
         get_spec(self.neg_augment)
 
     def num_neighbour_pairs(self, batch: int) -> int:
         """Exactly ``round(mu * batch)`` positive pairs are neighbour pairs."""
         return round(self.mu * batch)
+
+    def num_shifted_negatives(self, batch: int) -> int:
+        """Exactly ``round(shifted_negatives * batch)`` negative pairs are shifted copies."""
+        return round(self.shifted_negatives * batch)
 
 
 def pair_settings(cfg: Any) -> PairSettings:
@@ -69,15 +90,17 @@ def pair_settings(cfg: Any) -> PairSettings:
     """
     if isinstance(cfg, PairSettings):
         return cfg
-    variant = str(cfg.get("pairs", "paper"))
-    neg = str(cfg.get("neg_augment", "t_neg"))
+    default = PairSettings()
+    variant = str(cfg.get("pairs", default.variant))
+    neg = str(cfg.get("neg_augment", default.neg_augment))
     if variant == "authors" and neg == "t_neg":
         neg = "t_neg_authors"
     return PairSettings(
         variant=variant,
-        mu=float(cfg.get("mu", 1.0 / 32)),
-        pos_augment=str(cfg.get("pos_augment", "t_pos")),
+        mu=float(cfg.get("mu", default.mu)),
+        pos_augment=str(cfg.get("pos_augment", default.pos_augment)),
         neg_augment=neg,
+        shifted_negatives=float(cfg.get("shifted_negatives", default.shifted_negatives)),
     )
 
 
@@ -102,7 +125,8 @@ def sample_pairs(
       dict of ``ref_pos``, ``partner_pos``, ``ref_neg``, ``partner_neg``: ``dtype`` [B, H, W, 3] in
       [0, 1]; ``is_neighbour_pair``: bool [B] (exactly round(mu * B) True);
       ``pos_partner_idx``: int32 [B], the image index of each positive partner (= batch_idx where not
-      a neighbour pair); ``neg_partner_idx``: int32 [B], the image index of each negative partner.
+      a neighbour pair); ``neg_partner_idx``: int32 [B], the image index of each negative partner;
+      ``is_shifted_negative``: bool [B] (exactly round(shifted_negatives * B) True).
     """
     settings = pair_settings(cfg)
     batch_idx = jnp.asarray(batch_idx, jnp.int32)
@@ -127,25 +151,76 @@ def sample_pairs(
     x = images_u8[batch_idx]
     partners = images_u8[partner_idx]
     pos_spec, neg_spec = get_spec(settings.pos_augment), get_spec(settings.neg_augment)
-    ref_pos = augment_batch(keys[3], x, pos_spec, dtype=dtype)
-    partner_pos = augment_batch(keys[4], partners, pos_spec, dtype=dtype)
+    plain = is_nb[:, None, None, None]
+    ref_pos = jnp.where(plain, to_float(x, dtype), augment_batch(keys[3], x, pos_spec, dtype=dtype))
+    partner_pos = jnp.where(
+        plain, to_float(partners, dtype), augment_batch(keys[4], partners, pos_spec, dtype=dtype)
+    )
     if settings.variant == "authors":
-        plain = is_nb[:, None, None, None]
-        ref_pos = jnp.where(plain, to_float(x, dtype), ref_pos)
-        partner_pos = jnp.where(plain, to_float(partners, dtype), partner_pos)
         ref_neg = ref_pos
     else:
-        ref_neg = augment_batch(keys[5], x, pos_spec, dtype=dtype)
+        ref_neg = augment_batch(keys[5], x, neg_spec, dtype=dtype)
     partner_neg = augment_batch(keys[6], images_u8[neg_partner_idx], neg_spec, dtype=dtype)
+
+    # Extension: shifted copies of the image itself as negative partners.
+    num_shifted = settings.num_shifted_negatives(batch)
+    is_shifted = jnp.zeros((batch,), bool)
+    if num_shifted:
+        shift_keys = jax.random.split(keys[7], 3)
+        rows = jax.random.permutation(shift_keys[0], batch)[:num_shifted]
+        is_shifted = is_shifted.at[rows].set(True)
+        view = augment_batch(shift_keys[1], x, pos_spec, dtype=dtype)
+        shifted = shift_images(shift_keys[2], view)
+        partner_neg = jnp.where(is_shifted[:, None, None, None], shifted, partner_neg)
+        if settings.variant == "paper":  # the reference of a shifted pair is a t_pos view too
+            ref_pos_view = augment_batch(
+                jax.random.fold_in(shift_keys[1], 1), x, pos_spec, dtype=dtype
+            )
+            ref_neg = jnp.where(is_shifted[:, None, None, None], ref_pos_view, ref_neg)
+        neg_partner_idx = jnp.where(is_shifted, batch_idx, neg_partner_idx)
     return {
         "ref_pos": ref_pos,
         "partner_pos": partner_pos,
         "ref_neg": ref_neg,
         "partner_neg": partner_neg,
         "is_neighbour_pair": is_nb,
+        "is_shifted_negative": is_shifted,
         "pos_partner_idx": partner_idx,
         "neg_partner_idx": neg_partner_idx.astype(jnp.int32),
     }
+
+
+# The 23 non-identity permutations of the four quadrants of an image.
+_QUADRANT_PERMUTATIONS = tuple(p for p in itertools.permutations(range(4)) if p != (0, 1, 2, 3))
+
+
+def shift_images(key: jax.Array, images: jax.Array) -> jax.Array:
+    """A random shifting transformation of each image [B, H, W, C] (square images).
+
+    Per image, uniformly one of: rotation by 90, 180 or 270 degrees, or a permutation of its four
+    quadrants (uniform among the 23 non-identity ones; only for even H and W, else a rotation).
+    Every pixel value is kept; only the layout changes.
+    """
+    batch, height, width, _ = images.shape
+    if height != width:
+        raise SemsadError(f"shifted negatives need square images, got {height}x{width}.")
+    k_kind, k_perm = jax.random.split(key)
+    even = height % 2 == 0 and width % 2 == 0
+    kind = jax.random.randint(k_kind, (batch,), 0, 4 if even else 3)
+    options = [jnp.rot90(images, r, axes=(1, 2)) for r in (1, 2, 3)]
+    if even:
+        perm = jnp.asarray(_QUADRANT_PERMUTATIONS, jnp.int32)[
+            jax.random.randint(k_perm, (batch,), 0, len(_QUADRANT_PERMUTATIONS))
+        ]
+        h, w = height // 2, width // 2
+        quads = images.reshape(batch, 2, h, 2, w, -1).transpose(0, 1, 3, 2, 4, 5)
+        quads = quads.reshape(batch, 4, h, w, -1)
+        quads = jnp.take_along_axis(quads, perm[:, :, None, None, None], axis=1)
+        options.append(
+            quads.reshape(batch, 2, 2, h, w, -1).transpose(0, 1, 3, 2, 4, 5).reshape(images.shape)
+        )
+    stacked = jnp.stack(options)  # [kinds, B, H, W, C]
+    return jnp.take_along_axis(stacked, kind[None, :, None, None, None], axis=0)[0]
 
 
 def stack_pair(reference: jax.Array, partner: jax.Array) -> jax.Array:

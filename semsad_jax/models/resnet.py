@@ -284,7 +284,7 @@ class ResNet(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         y = self.features(x).astype(self.dtype)
         if self.has_hidden:
-            y = jax.nn.relu(self.head_hidden(y))
+            y = ACTIVATIONS[self.activation](self.head_hidden(y))
         return self.head(y).astype(jnp.float32)
 
 

@@ -151,6 +151,7 @@ def train_discriminator(
         train,
         encoder,
         dtype=dtype,
+        seed=ctx.seed,
         encoder_identity=encoder_identity,
         mesh=ctx.mesh,
     )

@@ -35,7 +35,7 @@ from semsad_jax import parallel
 from semsad_jax.data import ImageSet
 from semsad_jax.errors import SemsadError
 from semsad_jax.method.features import compute_features
-from semsad_jax.method.neighbours import semantic_neighbourhoods
+from semsad_jax.method.neighbours import label_neighbourhoods, pooled_neighbourhoods
 from semsad_jax.workdir.layout import Workdir, as_workdir
 
 log = logging.getLogger(__name__)
@@ -75,12 +75,24 @@ def tree_digest(tree: Any) -> str:
     return h.hexdigest()
 
 
-def _expected_meta(section: Any, train: ImageSet, encoder_digest: str) -> dict:
+NEIGHBOURHOODS = ("encoder", "labels")
+
+
+def _expected_meta(section: Any, train: ImageSet, encoder_digest: str, seed: int) -> dict:
     """What a fresh bank for this discriminator section, data and encoder must record."""
+    if section.neighbourhood not in NEIGHBOURHOODS:
+        raise SemsadError(
+            f"unknown discriminator.neighbourhood {section.neighbourhood!r}; use 'encoder' "
+            "(SemSAD) or 'labels' (a diagnostic that uses labels)."
+        )
     return {
         "format": BANK_FORMAT,
         "num_images": len(train),
         "neighbours": int(section.neighbours),
+        "neighbour_pool": int(section.neighbour_pool),
+        "neighbourhood": str(section.neighbourhood),
+        "label_free": section.neighbourhood == "encoder",
+        "seed": int(seed),
         "image_size": int(train.images.shape[1]),
         "encoder_digest": encoder_digest,
         "images_digest": tree_digest(train.images),
@@ -103,6 +115,7 @@ def build_bank(
     encoder: tuple,
     *,
     dtype: Any = "float32",
+    seed: int = 0,
     encoder_identity: dict | None = None,
     mesh: Mesh | None = None,
 ) -> Bank:
@@ -110,8 +123,9 @@ def build_bank(
 
     Features: :func:`method.features.compute_features` of ``train.images`` with the finished
     encoder (inference mode, batches of ``section.feature_batch_size`` sharded over ``mesh``).
-    Neighbourhoods: :func:`method.neighbours.semantic_neighbourhoods` with
-    ``k = section.neighbours``.
+    Neighbourhoods: the ``k = section.neighbours`` nearest by h among ``section.neighbour_pool``
+    random images (:func:`method.neighbours.pooled_neighbourhoods`, drawn with ``seed``), or with
+    ``section.neighbourhood="labels"`` k random images of the same class (a diagnostic).
 
     Args:
       section: the ``discriminator`` config section.
@@ -126,7 +140,7 @@ def build_bank(
             f"discriminator.neighbours={k} needs 1 <= k < {len(train)} (the training images); lower it."
         )
     graphdef, params, stats = encoder
-    expected = _expected_meta(section, train, tree_digest((params, stats)))
+    expected = _expected_meta(section, train, tree_digest((params, stats)), seed)
     reason = _stale_reason(wd.read(wd.bank_json), expected)
     if reason is None:
         log.info("reusing the feature bank in %s", wd.bank_dir)
@@ -144,7 +158,11 @@ def build_bank(
         dtype=dtype,
     )
     t1 = time.time()
-    neighbours = semantic_neighbourhoods(features, k, normalized=True, mesh=mesh)
+    if section.neighbourhood == "labels":
+        neighbours = label_neighbourhoods(train.labels if train.labels is not None else [], k, seed)
+    else:
+        pool = int(section.neighbour_pool)
+        neighbours = pooled_neighbourhoods(features, k, pool, seed, normalized=True, mesh=mesh)
     t2 = time.time()
     labels = train.labels if train.labels is not None else np.full(len(train), -1)
     bank = Bank(

@@ -13,6 +13,7 @@ from collections import defaultdict
 import numpy as np
 
 METRICS = ("auroc", "fpr95")
+_ORDER = {"semsad": 0, "knn": 1, "mahalanobis": 2, "pixels_knn": 3}
 ONE_CLASS_MEAN = "one_class (mean)"
 
 
@@ -56,8 +57,7 @@ def aggregate(records: list[dict]) -> list[dict]:
             per_seed = [float(np.mean([r[m] for r in rs])) for rs in by_seed.values()]
             row[f"{m}_mean"], row[f"{m}_std"] = _spread(per_seed)
         rows.append(row)
-    order = {"semsad": 0, "knn": 1, "mahalanobis": 2, "pixels_knn": 3}
-    rows.sort(key=lambda r: (r["protocol"], r["ood"], order.get(r["detector"], 9), r["bn_mode"]))
+    rows.sort(key=lambda r: (r["protocol"], r["ood"], _ORDER.get(r["detector"], 9), r["bn_mode"]))
     return rows
 
 
@@ -115,17 +115,24 @@ def markdown_report(result: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     far = far_rows(result.get("records", []))
     if far:
+        columns = sorted(
+            {(r["detector"], r["bn_mode"]) for r in far}, key=lambda c: (_ORDER.get(c[0], 9), c[1])
+        )
+        cell = {(r["ood"], r["detector"], r["bn_mode"]): r for r in far}
+        names = [d if m == "-" else f"{d} ({m})" for d, m in columns]
         lines += [
             "",
-            "Far OOD: AUROC in %, mean +- std and minimum over every protocol and seed.",
+            "Far OOD: AUROC in %, mean (minimum) over every protocol and seed.",
             "",
-            "| far-OOD set | detector | bn mode | AUROC | min | runs |",
-            "|---|---|---|---|---|---|",
+            "| far-OOD set | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names),
         ]
-        for r in far:
-            lines.append(
-                f"| {r['ood']} | {r['detector']} | {r['bn_mode']} | "
-                f"{100 * r['auroc_mean']:.1f} +- {100 * r['auroc_std']:.1f} | "
-                f"{100 * r['auroc_min']:.1f} | {r['runs']} |"
-            )
+        for ood in sorted({r["ood"] for r in far}):
+            cells = []
+            for d, m in columns:
+                r = cell.get((ood, d, m))
+                cells.append(
+                    f"{100 * r['auroc_mean']:.1f} ({100 * r['auroc_min']:.1f})" if r else "-"
+                )
+            lines.append(f"| {ood} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -114,6 +114,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Features of the knn / mahalanobis baselines: "penultimate" (pooled backbone features, as SSD
     # and KNN of Sun et al. use) or "head" (the 128-d projection h).
     v.baseline_features = "penultimate"
+    # SemSAD score s(nn, x) with nn the nearest training image by h (paper); m > 1 averages s over
+    # the m nearest (an extension).
+    v.score_neighbours = 1
     v.pixels_centre = False  # pixels_knn floor: subtract the mean training image first.
     # mahalanobis baseline (SSD without labels) on the L2-normalised h features of the bank:
     v.mahalanobis_clusters = 1  # 1 = one Gaussian; > 1 = k-means clusters, distance to the nearest.

@@ -1,5 +1,6 @@
 """Smoke tests of benchmarks/: each script runs with a minimal budget; helpers against references."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -267,3 +268,90 @@ def test_conv_impl_shapes_cover_every_convolution_of_the_model(monkeypatch):
     row = conv_impl.time_shape(last, batch=2, dtype="float32", repeats=1)
     assert row["xla_fwd_bwd_ms"] > 0 and row["matmul_fwd_bwd_ms"] > 0
     assert row["auto"] == "matmul"  # the last 3x3 of a 16 px ResNet runs on a 2x2 map
+
+
+def test_far_rows_and_one_class_mean_per_ood_set():
+    records = [
+        {
+            "protocol": p,
+            "seed": s,
+            "detector": d,
+            "bn_mode": "-",
+            "ood": o,
+            "auroc": a,
+            "fpr95": 0.5,
+        }
+        for p, s, d, o, a in [
+            ("one_class_a", 0, "pixels_knn", "other_nine", 0.6),
+            ("one_class_b", 0, "pixels_knn", "other_nine", 0.8),
+            ("one_class_a", 0, "pixels_knn", "far_noise", 0.9),
+            ("one_class_b", 0, "pixels_knn", "far_noise", 0.5),
+        ]
+    ]
+    rows = quality_table.aggregate(records)
+    mean = {r["ood"]: r for r in rows if r["protocol"] == quality_table.ONE_CLASS_MEAN}
+    assert mean["other_nine"]["auroc_mean"] == pytest.approx(0.7)
+    assert mean["far_noise"]["auroc_mean"] == pytest.approx(0.7)
+    (far,) = quality_table.far_rows(records)
+    assert far["ood"] == "far_noise" and far["runs"] == 2 and far["auroc_min"] == 0.5
+    report = quality_table.markdown_report(
+        {
+            "budget_name": "tiny",
+            "budget": dict(dataclasses.asdict(cifar10_quality.BUDGETS["tiny"])),
+            "machine": {"backend": "cpu", "devices": ["cpu"], "cpu_count": 2},
+            "minutes": 1.0,
+            "seeds": [0],
+            "summary": rows,
+            "records": records,
+            "overrides": [["discriminator.mu", 0.25]],
+        }
+    )
+    assert "| far-OOD set | pixels_knn |" in report and "| far_noise | 70.0 (50.0) |" in report
+    assert "discriminator.mu=0.25" in report
+    assert "| one_class (mean) | pixels_knn | - | far_noise |" not in report  # far sets: own table
+
+
+def test_quality_overrides_reach_the_config():
+    budget = cifar10_quality.BUDGETS["cpu"]
+    protos = cifar10_quality.protocols(budget, "/x.tgz")
+    assert "far_noise" in protos["one_class_cat"]["ood"]
+    extra = [cifar10_quality.parse_override(x) for x in ("discriminator.mu=0.25", "eval.tpr=0.9")]
+    extra.append(cifar10_quality.parse_override("discriminator.neighbourhood=labels"))
+    config = cifar10_quality.make_config(budget, protos["class_split"], 0, "batch", extra)
+    assert config.discriminator.mu == 0.25 and config.eval.tpr == 0.9
+    assert config.discriminator.neighbourhood == "labels"
+    assert config.eval.ood.far_text == "synthetic:text?limit=1000"
+    with pytest.raises(SystemExit, match="no such field"):
+        cifar10_quality.make_config(budget, protos["class_split"], 0, "batch", [("eval.nope", 1)])
+
+
+def test_shortcut_analysis_on_the_smoke_detector(tmp_path):
+    import trained_smoke
+
+    from benchmarks import shortcuts
+
+    det = trained_smoke.detector()
+    images = det.bank.images[:12]
+    far = {"far_noise": np.random.default_rng(0).integers(0, 256, images.shape, dtype=np.uint8)}
+    rows = shortcuts.analyse(det, images, far)
+    assert rows["pair s(nn(x), x) = score(x)"]["auroc_vs_in"] is None
+    assert 0.0 <= rows["far OOD: far_noise"]["auroc_vs_in"] <= 1.0
+    np.testing.assert_allclose(
+        rows["pair s(nn(x), x) = score(x)"]["mean_s"], np.mean(det.score(images)), rtol=1e-5
+    )
+    changed = shortcuts.changes(images, np.random.default_rng(0))
+    assert np.all(changed["grayscale"][..., 0] == changed["grayscale"][..., 1])
+    assert np.array_equal(np.sort(changed["quadrants permuted"].ravel()), np.sort(images.ravel()))
+    assert "| far OOD: far_noise |" in shortcuts.markdown(rows, "w")
+
+
+def test_neighbour_pool_measure():
+    from benchmarks import neighbour_pool
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 50)
+    centres = rng.normal(size=(4, 16))
+    feats = centres[labels] + 0.3 * rng.normal(size=(200, 16))
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    whole, small = neighbour_pool.measure(feats.astype(np.float32), labels, [0, 20], k=4)
+    assert whole["label_agreement"] > 0.95 and whole["mean_cosine"] > small["mean_cosine"]

@@ -454,3 +454,29 @@ def test_parse_spec_fields():
     sliced = parse_spec("tfds:cifar10/train[:1000]?limit=5")
     assert (sliced.location, sliced.split, sliced.limit) == ("cifar10", "train[:1000]", 5)
     assert parse_spec("tfds:imagenet2012_subset/1pct/train").location == "imagenet2012_subset/1pct"
+
+
+@pytest.mark.parametrize(
+    "name", ["noise", "constant", "blobs", "stripes", "checkerboard", "shapes", "text"]
+)
+def test_synthetic_far_ood_sets_are_deterministic(name):
+    first = load_images(f"synthetic:{name}", 16, cache_dir="none")
+    again = load_images(f"synthetic:{name}?limit=10&seed=3", 16, cache_dir="none")
+    assert first.images.shape == (1000, 16, 16, 3) and first.images.dtype == np.uint8
+    assert first.labels is None and len(again) == 10
+    np.testing.assert_array_equal(again.images, first.images[[int(i) for i in again.ids]])
+    per_pixel = first.images.reshape(1000, -1, 3).std(axis=1).max(axis=1)  # spread over pixels
+    if name == "constant":
+        assert np.all(per_pixel == 0)
+    else:
+        assert np.mean(per_pixel > 5) > 0.9  # images with structure
+    assert len({im.tobytes() for im in first.images}) > 900  # distinct images
+
+
+def test_sample_image_crops_and_spec_errors():
+    crops = load_images("sklearn:sample_images?limit=20", 16, cache_dir="none")
+    assert crops.images.shape == (20, 16, 16, 3) and crops.images.std() > 10
+    with pytest.raises(SemsadError, match="unknown synthetic set"):
+        parse_spec("synthetic:sunsets")
+    with pytest.raises(SemsadError, match="unknown split"):
+        parse_spec("sklearn:sample_images/train")

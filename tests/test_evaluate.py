@@ -21,13 +21,28 @@ from semsad_jax.evaluation.baselines import (
     mahalanobis_scores,
 )
 from semsad_jax.evaluation.detector import Detector
-from semsad_jax.evaluation.evaluate import DETECTORS, evaluate_detector, ood_specs, parse_ood
+from semsad_jax.evaluation.evaluate import (
+    DETECTORS,
+    Floors,
+    evaluate_detector,
+    ood_specs,
+    parse_ood,
+    score_set,
+)
 from semsad_jax.method.metrics import ood_metrics, threshold_at_tpr
 from semsad_jax.models import make_discriminator, split_model
 from semsad_jax.run import run
 from semsad_jax.workdir import layout
 
-METRIC_KEYS = {"auroc", "aupr_in", "aupr_out", "fpr95", "detection_at_95", "num_ood"}
+METRIC_KEYS = {
+    "auroc",
+    "aupr_in",
+    "aupr_out",
+    "fpr95",
+    "detection_at_95",
+    "detection_accuracy",
+    "num_ood",
+}
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +73,12 @@ def test_results_json_shape_and_ranges(evaluated):
         for key in METRIC_KEYS - {"num_ood"}:
             assert 0.0 <= m[key] <= 1.0, (detector, key, m[key])
         assert m["fpr95"] + m["detection_at_95"] == pytest.approx(1.0)
+        assert m["detection_accuracy"] >= 0.5
     assert results["config"]["discriminator"]["norm"] == "batch"
     assert {"jax", "flax", "numpy", "python"} <= set(results["versions"])
     text = trained_smoke.read_text(os.path.join(workdir, "eval", "results.txt"))
     assert "bn_mode: running_stats" in text and "in-distribution is the positive class" in text
-    assert all(f"{d}  " in text for d in DETECTORS)
+    assert all(f"{d}  " in text for d in DETECTORS) and "DetAcc" in text
 
 
 def test_metrics_equal_ood_metrics_of_saved_scores(evaluated):
@@ -216,11 +232,16 @@ def test_mahalanobis_against_scipy():
 
 
 def test_eval_baselines_match_references(evaluated):
-    _, _, scores = evaluated
+    _, results, scores = evaluated
     det = trained_smoke.detector()
     config = trained_smoke.config()
-    feats = det.features(load_set(config, config.data.test).images)
-    unit_bank = det.bank.features / np.linalg.norm(det.bank.features, axis=1, keepdims=True)
+    images = load_set(config, config.data.test).images
+    assert results["baseline_features"] == "penultimate" and results["label_free"] is True
+    # knn / mahalanobis: the encoder's pooled backbone features (SSD and KNN use them), 8 x width
+    feats = det.features(images, output="penultimate")
+    bank = det.features(det.bank.images, output="penultimate")
+    assert feats.shape[1] == 8 * config.encoder.width != det.bank.features.shape[1]
+    unit_bank = bank / np.linalg.norm(bank, axis=1, keepdims=True)
     np.testing.assert_allclose(
         scores["knn/in_distribution"], np.max(feats @ unit_bank.T, axis=1), atol=1e-5
     )
@@ -228,6 +249,37 @@ def test_eval_baselines_match_references(evaluated):
     unit_feats = feats / np.linalg.norm(feats, axis=1, keepdims=True)
     expected = [-scipy_mahalanobis(x, unit_bank.mean(0), inverse) for x in unit_feats]
     np.testing.assert_allclose(scores["mahalanobis/in_distribution"], expected, rtol=1e-3)
+    # pixels_knn: cosine of raw [0, 1] pixels to the nearest training image (not centred)
+    pix = images.reshape(len(images), -1) / 255.0
+    train = det.bank.images.reshape(len(det.bank.images), -1) / 255.0
+    cos = (pix / np.linalg.norm(pix, axis=1, keepdims=True)) @ (
+        train / np.linalg.norm(train, axis=1, keepdims=True)
+    ).T
+    np.testing.assert_allclose(scores["pixels_knn/in_distribution"], cos.max(axis=1), atol=1e-5)
+
+
+def test_floors_on_head_features_and_centred_pixels(evaluated, tmp_path):
+    det = trained_smoke.detector()
+    config = trained_smoke.config(baseline_features="head", pixels_centre=True)
+    det = Detector(config, det.encoder, det.discriminator, det.bank, mesh=det.mesh)
+    images = load_set(config, config.data.test).images[:8]
+    floors = Floors.fit(det, config.eval, seed=0)
+    assert floors.features == "head" and floors.pixels.mean is not None
+    got = score_set(det, floors, images)
+    head = det.features(images)
+    np.testing.assert_allclose(got["knn"], np.max(head @ det.bank.features.T, axis=1), atol=1e-5)
+    mean = det.bank.images.reshape(len(det.bank.images), -1).mean(0) / 255.0
+    pix = images.reshape(8, -1) / 255.0 - mean
+    train = det.bank.images.reshape(len(det.bank.images), -1) / 255.0 - mean
+    cos = (pix / np.linalg.norm(pix, axis=1, keepdims=True)) @ (
+        train / np.linalg.norm(train, axis=1, keepdims=True)
+    ).T
+    np.testing.assert_allclose(got["pixels_knn"], cos.max(axis=1), atol=1e-5)
+    bad = trained_smoke.config(baseline_features="logits")
+    with pytest.raises(SemsadError, match="baseline_features"):
+        Floors.fit(
+            Detector(bad, det.encoder, det.discriminator, det.bank, mesh=det.mesh), bad.eval, 0
+        )
 
 
 def test_score_csv(evaluated):

@@ -6,7 +6,12 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from semsad_jax.errors import SemsadError
 from semsad_jax.method.knn import pixel_knn_accuracy, weighted_knn_accuracy
-from semsad_jax.method.metrics import ood_metrics, roc_curve_points, threshold_at_tpr
+from semsad_jax.method.metrics import (
+    detection_accuracy,
+    ood_metrics,
+    roc_curve_points,
+    threshold_at_tpr,
+)
 
 
 def _labelled(scores_in, scores_out):
@@ -87,6 +92,27 @@ def test_hand_computed_example():
     assert result["auroc"] == pytest.approx(0.755)
     assert ood_metrics(scores_in, scores_out, tpr=1.0)["threshold"] == 1.0
     assert ood_metrics(scores_in, scores_out, tpr=0.5)["threshold"] == 11.0
+
+
+def test_detection_accuracy_known_answers():
+    scores_in = np.arange(1.0, 21.0)
+    scores_out = np.array([0.0, 1.5, 2.0, 2.5, 30.0])
+    # Best threshold 3.0: keeps 18 / 20 in-distribution, flags 4 / 5 OOD -> (0.9 + 0.8) / 2.
+    assert detection_accuracy(scores_in, scores_out) == pytest.approx(0.85)
+    assert ood_metrics(scores_in, scores_out)["detection_accuracy"] == pytest.approx(0.85)
+    assert detection_accuracy([2.0, 3.0], [0.0, 1.0]) == 1.0  # separable
+    assert detection_accuracy([1.0, 1.0], [1.0, 1.0]) == 0.5  # indistinguishable
+    assert detection_accuracy([0.0], [1.0]) == 0.5  # reversed: the all-OOD threshold is no better
+
+
+def test_detection_accuracy_matches_brute_force():
+    rng = np.random.default_rng(3)
+    scores_in, scores_out = rng.integers(0, 12, 40).astype(float), rng.integers(0, 12, 30) - 2.0
+    best = max(
+        (np.mean(scores_in >= t) + np.mean(scores_out < t)) / 2
+        for t in [*np.unique(np.r_[scores_in, scores_out]), np.inf]
+    )
+    assert detection_accuracy(scores_in, scores_out) == pytest.approx(best)
 
 
 @pytest.mark.parametrize("tpr", [0.07, 0.3, 0.5, 0.95, 0.99, 1.0])

@@ -8,7 +8,13 @@ from jax.sharding import Mesh
 from sklearn.neighbors import NearestNeighbors
 
 from semsad_jax.errors import SemsadError
-from semsad_jax.method.neighbours import l2_normalize, semantic_neighbourhoods, top_k_cosine
+from semsad_jax.method.neighbours import (
+    l2_normalize,
+    label_neighbourhoods,
+    pooled_neighbourhoods,
+    semantic_neighbourhoods,
+    top_k_cosine,
+)
 
 
 def _random(rows, dim=8, seed=0):
@@ -172,3 +178,42 @@ def test_mesh_without_data_axis_is_an_error():
     mesh = Mesh(np.array(jax.devices()[:4]), ("model",))
     with pytest.raises(SemsadError, match="'data'"):
         top_k_cosine(np.ones((4, 2)), np.ones((4, 2)), 1, mesh=mesh)
+
+
+def test_pooled_neighbourhoods_are_the_nearest_within_a_random_pool():
+    rng = np.random.default_rng(0)
+    bank = rng.normal(size=(300, 8)).astype(np.float32)
+    k, pool = 4, 50
+    got = pooled_neighbourhoods(bank, k, pool, seed=1, block=100)
+    assert got.shape == (300, k) and got.dtype == np.int32
+    assert not (got == np.arange(300)[:, None]).any()
+    unit = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+    # replay the pools: block b draws `pool` rows; the neighbours are its k best others
+    replay = np.random.default_rng(1)
+    for start in range(0, 300, 100):
+        candidates = np.sort(replay.choice(300, size=pool, replace=False))
+        for i in range(start, start + 100):
+            others = candidates[candidates != i]
+            best = others[np.argsort(-(unit[others] @ unit[i]), kind="stable")[:k]]
+            assert set(got[i]) == set(best)
+    # pool 0, or a pool as large as the bank: the whole bank
+    np.testing.assert_array_equal(
+        pooled_neighbourhoods(bank, k, 0), semantic_neighbourhoods(bank, k)
+    )
+    np.testing.assert_array_equal(
+        pooled_neighbourhoods(bank, k, 10_000), semantic_neighbourhoods(bank, k)
+    )
+    # a whole-bank search finds closer neighbours than a small pool
+    sims = lambda nb: np.mean(np.sum(unit[:, None, :] * unit[nb], axis=-1))
+    assert sims(semantic_neighbourhoods(bank, k)) > sims(got)
+
+
+def test_label_neighbourhoods_share_the_class():
+    labels = np.repeat(np.arange(3), [5, 2, 9])
+    got = label_neighbourhoods(labels, 4, seed=0)
+    assert got.shape == (16, 4) and not (got == np.arange(16)[:, None]).any()
+    assert np.all(labels[got] == labels[:, None])
+    with pytest.raises(SemsadError, match="labelled training set"):
+        label_neighbourhoods(np.full(4, -1), 2)
+    with pytest.raises(SemsadError, match="one training image"):
+        label_neighbourhoods(np.array([0, 0, 1]), 1)

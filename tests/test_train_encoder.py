@@ -84,7 +84,8 @@ def test_train_writes_checkpoints_metrics_and_knn(train_set, tmp_path):
     summary = run(config, str(tmp_path), "encoder")["encoder"]
     stage = tmp_path / "encoder"
     assert summary["finished"] and summary["total_steps"] == 4
-    assert 0.0 <= summary["knn_accuracy"] <= 1.0 and 0.0 <= summary["pixel_knn_accuracy"] <= 1.0
+    for key in ("knn_accuracy", "pixel_knn_accuracy"):  # a count of the 32 test images
+        assert summary[key] * 32 == pytest.approx(round(summary[key] * 32)), key
     assert json.loads((tmp_path / "config.json").read_text())["encoder"]["width"] == 4
     steps = sorted(int(p.name) for p in stage.iterdir() if p.name.isdigit())
     assert steps == [2, 4]
@@ -107,6 +108,24 @@ def test_train_writes_checkpoints_metrics_and_knn(train_set, tmp_path):
     with pytest.raises(SemsadError, match=r"encoder\.width"):
         run(_config(width=8), str(tmp_path), "encoder")
     assert (stage / "4").exists()
+    # so is every setting that changes the weights, each named, with the way out
+    recorded = (tmp_path / "config.json").read_text()
+    with pytest.raises(
+        SemsadError, match=r"encoder\.temperature=1\.0 \(config: 0\.5\).*--overwrite"
+    ):
+        run(_config(temperature=0.5), str(tmp_path), "encoder")
+    changed = _config(learning_rate=0.1, augment="t_pos")
+    changed.seed = 7
+    with pytest.raises(SemsadError) as err:
+        run(changed, str(tmp_path), "encoder")
+    for key in ("encoder.augment", "encoder.learning_rate", "seed"):
+        assert key in str(err.value)
+    assert (tmp_path / "config.json").read_text() == recorded  # refused before writing
+    # more epochs of the same encoder: resumed from its last step, not refused
+    longer = run(_config(epochs=2), str(tmp_path), "encoder")["encoder"]
+    assert longer["finished"] and longer["total_steps"] == 8
+    steps = json.loads((stage / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+    assert steps == 8
 
 
 def test_sigterm_saves_and_resume_equals_uninterrupted(train_set, tmp_path, monkeypatch):

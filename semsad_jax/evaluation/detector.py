@@ -200,15 +200,24 @@ class Detector:
     def score_with_neighbours(
         self, images: Any, *, k: int = 1, resize: bool = False
     ) -> tuple[np.ndarray, np.ndarray, Neighbours]:
-        """(semsad scores f32 [N], h features f32 [N, D], top-``k`` neighbours) of the images."""
+        """(semsad scores f32 [N], h features f32 [N, D], top-``k`` neighbours) of the images.
+
+        The score is s(r, x) with r the nearest training image by h (the paper), or, with
+        ``eval.score_neighbours = m > 1`` (an extension), the mean of s(r_j, x) over the m nearest.
+        """
         images = self.check_images(images, resize=resize)
         feats = self.features(images)
-        nn = self.nearest_features(feats, max(1, int(k)))
-        scores = self.pair_scores(self.bank.images[nn.indices[:, 0]], images)
-        return scores, feats, nn
+        m = int(self.config.eval.get("score_neighbours", 1))
+        nn = self.nearest_features(feats, max(1, int(k), m))
+        refs = self.bank.images[nn.indices[:, :m].reshape(-1)]
+        scores = self.pair_scores(refs, np.repeat(images, m, axis=0)).reshape(len(images), m)
+        if nn.indices.shape[1] > k:
+            nn = Neighbours(nn.indices[:, :k], nn.similarities[:, :k])
+        return scores.mean(axis=1).astype(np.float32), feats, nn
 
     def score(self, images: Any, *, resize: bool = False) -> np.ndarray:
-        """SemSAD score s(nearest training image, image): float32 [N], higher = more in-distribution."""
+        """SemSAD score s(nearest training image, image): float32 [N], higher = more in-distribution
+        (averaged over ``eval.score_neighbours`` nearest training images when that is above 1)."""
         return self.score_with_neighbours(images, resize=resize)[0]
 
     def is_ood(self, images: Any, *, resize: bool = False) -> np.ndarray:

@@ -20,7 +20,7 @@ from typing import Any
 import jax
 
 from semsad_jax import parallel
-from semsad_jax.data import DataSets
+from semsad_jax.data.sets import DataSets
 from semsad_jax.errors import SemsadError
 from semsad_jax.evaluation.evaluate import evaluate
 from semsad_jax.evaluation.report import run_report

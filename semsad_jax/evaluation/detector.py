@@ -24,12 +24,12 @@ import numpy as np
 from jax.sharding import Mesh
 
 from semsad_jax import parallel
-from semsad_jax.data import images_from_array
+from semsad_jax.data.arrays import images_from_array
 from semsad_jax.errors import SemsadError
 from semsad_jax.method.features import compute_features
 from semsad_jax.method.neighbours import top_k_cosine
 from semsad_jax.method.scoring import discriminator_scores
-from semsad_jax.models import compute_dtype
+from semsad_jax.models.build import compute_dtype
 from semsad_jax.workdir.bank import load_bank
 from semsad_jax.workdir.layout import ConfigView, Workdir, as_workdir, run_identities
 from semsad_jax.workdir.restore import check_bank_matches, restore_network

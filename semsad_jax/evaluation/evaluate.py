@@ -33,7 +33,8 @@ import jax
 import numpy as np
 
 from semsad_jax import __version__
-from semsad_jax.data import DataSets, parse_spec
+from semsad_jax.data.sets import DataSets
+from semsad_jax.data.specs import parse_spec
 from semsad_jax.errors import SemsadError
 from semsad_jax.evaluation import plots
 from semsad_jax.evaluation.baselines import (

@@ -12,7 +12,7 @@ from typing import Any
 
 import jax
 
-from semsad_jax.data import DataSets
+from semsad_jax.data.sets import DataSets
 from semsad_jax.errors import SemsadError
 from semsad_jax.evaluation.detector import Detector, bn_mode
 from semsad_jax.workdir.layout import Workdir, as_workdir

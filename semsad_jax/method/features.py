@@ -17,7 +17,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from semsad_jax import parallel
-from semsad_jax.augment import to_float
+from semsad_jax.augment.apply import to_float
 from semsad_jax.errors import SemsadError
 
 

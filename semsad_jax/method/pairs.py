@@ -44,7 +44,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from semsad_jax.augment import AugmentSpec, augment_batch, get_spec, to_float
+from semsad_jax.augment.apply import augment_batch, to_float
+from semsad_jax.augment.presets import AugmentSpec, get_spec
 from semsad_jax.errors import SemsadError
 
 VARIANTS = ("paper", "authors")

@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from semsad_jax.augment import to_float
+from semsad_jax.augment.apply import to_float
 from semsad_jax.method.features import map_batched
 from semsad_jax.method.losses import pair_score
 from semsad_jax.method.pairs import PairSettings, sample_pairs, stack_pair

@@ -25,11 +25,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from semsad_jax import parallel
-from semsad_jax.data import ImageSet
+from semsad_jax.data.arrays import ImageSet
 from semsad_jax.method.losses import discriminator_loss, pair_score, sample_gamma
 from semsad_jax.method.pairs import pair_settings, sample_pairs, stack_pair
 from semsad_jax.method.scoring import forward_pairs
-from semsad_jax.models import build, compute_dtype, model_stats
+from semsad_jax.models.build import build, compute_dtype, model_stats
 from semsad_jax.train import step as steps
 from semsad_jax.train.monitors import heldout_report
 from semsad_jax.train.stage import StageContext, StagePlan, run_stage

@@ -16,10 +16,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from semsad_jax import parallel
-from semsad_jax.augment import augment_batch, get_spec
-from semsad_jax.data import ImageSet
+from semsad_jax.augment.apply import augment_batch
+from semsad_jax.augment.presets import get_spec
+from semsad_jax.data.arrays import ImageSet
 from semsad_jax.method.losses import contrastive_loss
-from semsad_jax.models import build, compute_dtype, model_stats
+from semsad_jax.models.build import build, compute_dtype, model_stats
 from semsad_jax.train import step as steps
 from semsad_jax.train.monitors import knn_report, pixel_floor
 from semsad_jax.train.stage import StageContext, StagePlan, run_stage

@@ -16,7 +16,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from semsad_jax import parallel
-from semsad_jax.data import ImageSet
+from semsad_jax.data.arrays import ImageSet
 from semsad_jax.method.features import compute_features
 from semsad_jax.method.knn import pixel_knn_accuracy, weighted_knn_accuracy
 from semsad_jax.method.metrics import ood_metrics

@@ -24,7 +24,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from semsad_jax.errors import SemsadError
-from semsad_jax.models import compute_dtype
+from semsad_jax.models.build import compute_dtype
 from semsad_jax.train.logs import MetricsWriter
 from semsad_jax.train.loop import TrainState, resume, run_loop
 from semsad_jax.train.step import StepSetup, init_state

@@ -20,7 +20,7 @@ from jax.sharding import Mesh
 
 from semsad_jax import parallel
 from semsad_jax.errors import SemsadError
-from semsad_jax.models import split_model
+from semsad_jax.models.build import split_model
 from semsad_jax.train.optim import make_optimizer
 
 __all__ = [

@@ -32,7 +32,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
 from semsad_jax import parallel
-from semsad_jax.data import ImageSet
+from semsad_jax.data.arrays import ImageSet
 from semsad_jax.errors import SemsadError
 from semsad_jax.method.features import compute_features
 from semsad_jax.method.neighbours import label_neighbourhoods, pooled_neighbourhoods

@@ -15,7 +15,7 @@ from jax.sharding import Mesh
 
 from semsad_jax import parallel
 from semsad_jax.errors import SemsadError
-from semsad_jax.models import build, split_model
+from semsad_jax.models.build import build, split_model
 from semsad_jax.workdir.checkpoints import StageCheckpoints
 from semsad_jax.workdir.layout import Workdir, as_workdir
 

@@ -93,3 +93,19 @@ def test_import_is_lazy():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_score_neighbours_averages_s_over_the_nearest_training_images(restored):
+    det, _, images, _ = restored
+    config = ConfigView(det.config.to_dict())
+    config.eval["score_neighbours"] = 3
+    three = Detector(config, det.encoder, det.discriminator, det.bank, mesh=det.mesh)
+    x = images[:6]
+    nn = det.nearest(x, k=3).indices
+    expected = np.mean([det.pair_scores(det.bank.images[nn[:, j]], x) for j in range(3)], axis=0)
+    np.testing.assert_allclose(three.score(x), expected, rtol=1e-5, atol=1e-6)
+    assert three.nearest(x).indices.shape == (6, 1)
+    scores, _, top = three.score_with_neighbours(x, k=2)
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
+    assert top.indices.shape == (6, 2)
+    np.testing.assert_array_equal(top.indices, nn[:, :2])

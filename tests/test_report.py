@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import trained_smoke
 
-from configs import class_split, contaminated, oneclass
+from configs import class_split, contaminated, far_ood, oneclass
 from semsad_jax.data.specs import parse_spec
 from semsad_jax.errors import SemsadError
 from semsad_jax.evaluation.report import majority_vote, run_report
@@ -108,7 +108,10 @@ def test_report_mode_over_two_real_workdirs(tmp_path):
 def test_protocol_configs():
     c = oneclass.get_config("3")
     assert c.data.train.endswith("!train?classes=cat") and c.data.test.endswith("!test?classes=cat")
-    assert dict(c.eval.ood) == {"rest": c.data.test.replace("classes=cat", "exclude=cat")}
+    assert dict(c.eval.ood) == {
+        "rest": c.data.test.replace("classes=cat", "exclude=cat"),
+        **far_ood.specs(),  # every CIFAR protocol scores the far-OOD suite too
+    }
     assert oneclass.get_config("cat").data.train == c.data.train
     with pytest.raises(ValueError):
         oneclass.get_config("10")

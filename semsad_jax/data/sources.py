@@ -7,11 +7,13 @@ Every source yields uint8 [N, image_size, image_size, 3]. Labels are only used b
 protocol splits, never for training. With ``classes=``, labels keep their original indices.
 
 Decoded sets are cached on disk (:mod:`semsad_jax.data.cache`), keyed by the spec string,
-image_size, on_corrupt and the files' size and mtime, so a second load takes seconds.
+image_size, on_corrupt and the files' size and mtime, so a second load takes seconds; with the cache
+on, the images of a loaded set are memory-mapped from it (pages read on demand).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import zipfile
@@ -247,4 +249,9 @@ def load_images(
         if loaded.class_names is not None:
             arrays["class_names"] = np.asarray(loaded.class_names, dtype=str)
         cache.write_cache(path, arrays)
+        entry = cache.read_cache(
+            path
+        )  # train from the memory-mapped copy: the decoded one is freed
+        if entry is not None:
+            loaded = dataclasses.replace(loaded, images=entry["images"])
     return loaded

@@ -59,6 +59,17 @@ def _place(tree: Any, sharding: NamedSharding) -> Any:
     return jax.tree.map(put, tree)
 
 
+def put(x: Any, sharding: NamedSharding) -> jax.Array:
+    """``jax.device_put(x, sharding)`` that also works when ``sharding`` spans other processes'
+    devices (then every process passes the same ``x`` and places only its own shards)."""
+    if sharding.is_fully_addressable:
+        return jax.device_put(x, sharding)
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(put(jax.random.key_data(x), sharding))
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Places a pytree of host arrays on every device of the mesh (works across processes)."""
     return _place(tree, replicated(mesh))

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 
 from semsad_jax.errors import SemsadError
 from semsad_jax.train.logs import MetricsWriter, Progress
@@ -107,7 +107,7 @@ def run_loop(
     step = start_step
     with _StopRequest() as stop:
         while step < total_steps:
-            state, metrics = train_step(state, jnp.asarray(step, jnp.int32))
+            state, metrics = train_step(state, np.int32(step))
             step += 1
             is_save = step % checkpoint_every == 0 or step == total_steps
             if (

@@ -14,7 +14,9 @@ switches jax's cluster detection off, which would otherwise give each process on
 Timeouts (seconds, environment): ``SEMSAD_INIT_TIMEOUT`` (default 120) is how long a process waits
 for all N to join before it stops with one line; ``SEMSAD_HEARTBEAT_TIMEOUT`` (default 30) is how
 long the runtime waits for a silent process before it aborts the others. On the CPU the
-collectives run over gloo (TCP).
+collectives run over gloo (TCP), and JAX's persistent compilation cache is switched off (XLA:CPU
+executables read back from it lose the order of their collectives, which then mismatch across
+processes).
 
 After the runtime is up, :func:`check_same_launch` compares a hash of each process's resolved config
 and flags, and the process count each was started with, so a process started differently is refused
@@ -198,6 +200,12 @@ def initialize_distributed(env: Mapping[str, str] | None = None) -> Launch:
         ) from None
     finally:
         watchdog.cancel()
+    if jax.default_backend() == "cpu" and jax.config.jax_enable_compilation_cache:
+        # XLA:CPU executables read back from the persistent compilation cache lose the order of
+        # their collectives; across processes (gloo) that mismatches them and aborts the run.
+        jax.config.update("jax_enable_compilation_cache", False)
+        if jax.config.jax_compilation_cache_dir:
+            log.warning("multi-process run on the CPU: the persistent compilation cache is off")
     log.info(
         "process %d of %d (%s launch); %d local devices",
         jax.process_index(),

@@ -1,16 +1,17 @@
 """Two processes x 2 CPU devices (JAX's distributed runtime, gloo over loopback) run ``main.py`` as
 two hosts would, and end where one process x 4 devices ends.
 
-* ``--mode=all`` on the smoke config (3 encoder epochs, so there is time to kill mid-encoder) is
+* ``--mode=all`` on the smoke config (4 encoder epochs, so there is time to stop it mid-encoder) is
   launched with JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID on 127.0.0.1 and a
-  free port; process 1 is SIGKILLed mid-encoder: process 0 stops with one ``error:`` line within
+  free port; a SIGTERM to process 1 (a preemption notice) stops both at one step with a checkpoint;
+* rerun, process 1 is SIGKILLed mid-encoder: process 0 stops with one ``error:`` line within
   KILL_BOUND_S (measured: under a second; it is inside a collective and gloo fails at once);
 * rerunning both resumes from the last checkpoint while a second, unrelated launch on the same
   workdir is refused (one lock per workdir, held by process 0); ``--mode=score`` follows;
 * parameters, results.json metrics, eval scores and the scores CSV equal the one-process run within
   the tolerances below: the two runs differ only in the order of float32 reductions across devices
-  (gloo's all-reduce vs XLA's in-process one), which moves the last bits and, through 12 + 4 steps,
-  parameters by ~3e-7;
+  (gloo's all-reduce vs XLA's in-process one), which moves the last bits and, through 16 + 4 steps,
+  parameters by ~4e-7;
 * a process started with another config, another process count, or waiting for a process that never
   comes is refused with one line (the last after SEMSAD_INIT_TIMEOUT).
 
@@ -21,6 +22,8 @@ compilation cache (a multi-process CPU run switches it off: see semsad_jax.paral
 import csv
 import json
 import os
+import re
+import signal
 import time
 
 import jax
@@ -38,7 +41,7 @@ pytestmark = [
     pytest.mark.skipif(not hasattr(os, "killpg"), reason="needs POSIX process groups"),
 ]
 
-ARGS = ("--config=configs/smoke.py", "--config.encoder.epochs=3")  # 12 encoder steps
+ARGS = ("--config=configs/smoke.py", "--config.encoder.epochs=4")  # 16 encoder steps
 SCORE = ("--mode=score", "--images=sklearn:digits/test?classes=7,8,9&limit=24")
 PARAMS_ATOL = 1e-5  # |parameter or BatchNorm statistic| difference, both networks
 SCORES_ATOL = 1e-4  # eval scores, thresholds and the CSV's score / similarity columns
@@ -94,8 +97,12 @@ def _wait_until(predicate, launch, timeout, what):
     pytest.fail(f"gave up waiting for {what}:\n{launch.output(0)[-3000:]}")
 
 
+def _lines_starting(text, prefix):
+    return [line for line in text.splitlines() if line.startswith(prefix)]
+
+
 def _error_lines(text):
-    return [line for line in text.splitlines() if line.startswith("error:")]
+    return _lines_starting(text, "error:")
 
 
 def test_two_processes_killed_resumed_and_equal_to_one(single, env, tmp_path):
@@ -103,20 +110,40 @@ def test_two_processes_killed_resumed_and_equal_to_one(single, env, tmp_path):
     args = (*ARGS, f"--workdir={workdir}", "--mode=all")
     metrics = workdir / "encoder" / "metrics.jsonl"
 
-    # 1. Two processes; SIGKILL process 1 mid-encoder: process 0 stops with one line.
-    first = Launch(args, count=2, devices=2, env=env, log_dir=str(tmp_path), tag="killed")
+    # 1. Two processes; SIGTERM (a preemption notice) to process 1: both stop at one step, saved.
+    first = Launch(args, count=2, devices=2, env=env, log_dir=str(tmp_path), tag="preempted")
     try:
         _wait_until(lambda: len(_lines(metrics)) >= 3, first, RUN_TIMEOUT_S, "encoder step 3")
-        first.kill(1)
-        killed_at = time.time()
-        code = first.procs[0].wait(timeout=KILL_BOUND_S + 30)
-        stopped_after = time.time() - killed_at
+        os.kill(first.procs[1].pid, signal.SIGTERM)
+        codes = first.wait(120)
     finally:
         first.kill_all()
-    out = first.output(0)
+    stops = [_lines_starting(first.output(i), "interrupted:") for i in range(2)]
+    assert codes == [130, 130] and len(stops[0]) == 1 and stops[0] == stops[1], stops
+    stopped_at = int(re.search(r"at step (\d+);", stops[0][0]).group(1))
+    assert (workdir / "encoder" / str(stopped_at)).is_dir()
+
+    # 2. Rerun; SIGKILL process 1 mid-encoder: process 0 stops with one line, at once.
+    second = Launch(args, count=2, devices=2, env=env, log_dir=str(tmp_path), tag="killed")
+    try:
+        resumed = f"resuming encoder from step {stopped_at} "
+        done = len(_lines(metrics))
+        _wait_until(
+            lambda: resumed in second.output(0) and len(_lines(metrics)) >= done + 2,
+            second,
+            RUN_TIMEOUT_S,
+            "two resumed encoder steps",
+        )
+        second.kill(1)
+        killed_at = time.time()
+        code = second.procs[0].wait(timeout=KILL_BOUND_S + 30)
+        stopped_after = time.time() - killed_at
+    finally:
+        second.kill_all()
+    out = second.output(0)
     assert code == 3, out[-3000:]
     assert stopped_after < KILL_BOUND_S, stopped_after
-    errors = _error_lines(out)
+    errors = _lines_starting(out, "error:")
     assert len(errors) == 1 and "lost contact with another process" in errors[0], out[-3000:]
     assert "rerun every process with the same command" in errors[0]
     assert "Traceback" not in out
@@ -124,7 +151,7 @@ def test_two_processes_killed_resumed_and_equal_to_one(single, env, tmp_path):
     assert not stage["finished"]  # the kill landed mid-encoder
     print(f"survivor stopped {stopped_after:.2f} s after the SIGKILL")
 
-    # 2. Rerun both: they resume; meanwhile an unrelated launch on the workdir is refused.
+    # 3. Rerun both: they resume; meanwhile an unrelated launch on the workdir is refused.
     again = Launch(args, count=2, devices=2, env=env, log_dir=str(tmp_path), tag="resumed")
     try:
         _wait_until(
@@ -146,7 +173,7 @@ def test_two_processes_killed_resumed_and_equal_to_one(single, env, tmp_path):
     )
     assert codes == [0, 0], launch.output(0)[-3000:] + launch.output(1)[-3000:]
 
-    # 3. Equal to the one-process run; each file written once (by process 0).
+    # 4. Equal to the one-process run; each file written once (by process 0).
     _assert_same_run(single, workdir)
     steps = [json.loads(x)["step"] for x in _lines(workdir / "discriminator" / "metrics.jsonl")]
     assert steps == [1, 2, 3, 4]  # not twice: process 1 writes no metrics

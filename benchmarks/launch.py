@@ -1,9 +1,10 @@
-"""Launching ``main.py`` as several processes on this machine (loopback), as on several hosts.
+"""Launching ``main.py`` (or any script) as several processes on this machine (loopback), as on
+several hosts.
 
 Each process gets the three launch variables (``JAX_COORDINATOR_ADDRESS`` on 127.0.0.1 and a free
 port, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``) and its own fake CPU devices. Processes start in
 their own session, so :meth:`Launch.kill_all` ends each one with its children; :meth:`Launch.wait`
-never waits past its deadline. Used by tests/test_multiprocess.py and benchmarks/multiprocess.py.
+never waits past its deadline. Used by tests/test_multiprocess.py and benchmarks/scaling.py.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ class Launch:
     """``main.py ARGS`` started as ``count`` processes of ``devices`` CPU devices each.
 
     Args:
-      args: main.py's flags (every process the same, unless ``per_process`` changes them).
+      args: the script's flags (every process the same, unless ``per_process`` changes them).
+      script: the script to run (default: main.py).
       log_dir: where ``p<i>.log`` (stdout and stderr of process i) goes.
       env: the base environment; ``env_for`` may change it per process (``i -> {name: value}``).
     """
@@ -66,6 +68,7 @@ class Launch:
         tag: str = "run",
         env_for=None,
         per_process=None,
+        script: str = os.path.join(ROOT, "main.py"),
     ):
         port = free_port()
         self.logs = [os.path.join(log_dir, f"{tag}-p{i}.log") for i in range(count)]
@@ -74,7 +77,7 @@ class Launch:
         for i in range(count):
             child = process_env(env, devices=devices, count=count, process_id=i, port=port)
             child.update((env_for or (lambda i: {}))(i))
-            cmd = [sys.executable, os.path.join(ROOT, "main.py"), *args]
+            cmd = [sys.executable, script, *args]
             cmd += list((per_process or (lambda i: []))(i))
             with open(self.logs[i], "w") as log:
                 self.procs.append(

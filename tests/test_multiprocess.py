@@ -33,7 +33,7 @@ import pytest
 
 pytest.importorskip("ml_collections")
 
-from multiprocess import Launch
+from benchmarks.launch import Launch
 
 pytestmark = [
     pytest.mark.slow,

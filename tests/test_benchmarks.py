@@ -21,13 +21,15 @@ def test_throughput_tiny_and_knn_matches_sklearn(tmp_path):
             "--preset=tiny",
             "--devices=1",
             "--dtypes=float32",
-            "--benches=encoder,augment,knn",
+            "--benches=encoder,augment,knn,placement",
             f"--out={out}",
         ]
     )
     rows = {(r["framework"], r["bench"]): r for r in result["rows"]}
     assert set(rows) == {
         ("jax", "encoder_train"),
+        ("jax", "encoder_train_device"),
+        ("jax", "encoder_train_host"),
         ("jax", "augment"),
         ("jax", "knn_top4"),
         ("jax", "knn_top4_vs_sklearn"),
@@ -42,6 +44,11 @@ def test_throughput_tiny_and_knn_matches_sklearn(tmp_path):
     ours, theirs = rows[("jax", "knn_top4_vs_sklearn")], rows[("sklearn", "knn_top4_vs_sklearn")]
     expected = ours["items_per_s"] / theirs["items_per_s"]
     assert ratio["ratio"] == pytest.approx(expected, rel=1e-2)
+    (placement,) = [c for c in result["comparisons"] if "placement" in c["comparison"]]
+    host, device = rows[("jax", "encoder_train_host")], rows[("jax", "encoder_train_device")]
+    assert placement["ratio"] == pytest.approx(
+        host["items_per_s"] / device["items_per_s"], rel=1e-2
+    )
     assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(result["rows"]))
 
 

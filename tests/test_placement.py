@@ -65,9 +65,7 @@ def _train_steps(kind, images, neighbours, placement):
     setup, state = _setup(kind, config, len(images), mesh, placement)
     stage = STAGES[kind]
     extra = (neighbours,) if kind == "discriminator" else ()
-    step = steps.bind_data(
-        stage.make_train_step(setup), setup, images, stage._row_indices(setup), extra
-    )
+    step = stage.bound_train_step(setup, images, *extra)
     losses = []
     for i in range(NUM_STEPS):
         state, metrics = step(state, np.int32(i))

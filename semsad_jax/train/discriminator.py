@@ -23,6 +23,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from semsad_jax import parallel
@@ -42,7 +43,7 @@ from semsad_jax.train.monitors import heldout_report
 from semsad_jax.train.stage import StageContext, StagePlan, run_stage
 from semsad_jax.workdir.bank import build_bank
 
-__all__ = ["make_train_step", "steps_per_epoch", "train_discriminator"]
+__all__ = ["bound_train_step", "make_train_step", "steps_per_epoch", "train_discriminator"]
 
 log = logging.getLogger(__name__)
 STAGE = "discriminator"
@@ -137,6 +138,13 @@ def _compile_step(setup: steps.StepSetup):
     return steps.jit_step(step_fn, setup)
 
 
+def bound_train_step(setup: steps.StepSetup, images: np.ndarray, neighbours: np.ndarray):
+    """:func:`make_train_step` with the training images (for ``setup.placement``) and the
+    neighbour table bound: ``step(state, i) -> (state, metrics)`` (has ``close()``)."""
+    row_indices = _row_indices(setup)
+    return steps.bind_data(make_train_step(setup), setup, images, row_indices, (neighbours,))
+
+
 def _step_cache_key(setup: steps.StepSetup) -> tuple | None:
     if not hasattr(setup.section, "to_dict"):
         return None
@@ -192,9 +200,7 @@ def train_discriminator(
 
     # The bank's images are the training images (its digest says so): gather from ``train.images``,
     # which stays memory-mapped with data.placement=host.
-    make_step = lambda setup: steps.bind_data(
-        make_train_step(setup), setup, train.images, _row_indices(setup), (bank.neighbours,)
-    )
+    make_step = lambda setup: bound_train_step(setup, train.images, bank.neighbours)
 
     def report(graphdef, state) -> dict:
         kw = dict(seed=ctx.seed, dtype=dtype, mesh=ctx.mesh)

@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from semsad_jax import parallel
@@ -28,7 +29,7 @@ from semsad_jax.train.stage import StageContext, StagePlan, run_stage
 log = logging.getLogger(__name__)
 STAGE = "encoder"
 
-__all__ = ["make_train_step", "train_encoder"]
+__all__ = ["bound_train_step", "make_train_step", "train_encoder"]
 
 
 def _row_indices(setup: steps.StepSetup):
@@ -77,6 +78,12 @@ def make_train_step(setup: steps.StepSetup):
     return steps.with_seed_key(steps.jit_step(step_fn, setup), setup.seed, mesh)
 
 
+def bound_train_step(setup: steps.StepSetup, images: np.ndarray):
+    """:func:`make_train_step` with the training images bound for ``setup.placement``:
+    ``step(state, i) -> (state, metrics)`` (:func:`steps.bind_data`; has ``close()``)."""
+    return steps.bind_data(make_train_step(setup), setup, images, _row_indices(setup))
+
+
 def train_encoder(
     section: Any,
     ctx: StageContext,
@@ -101,9 +108,7 @@ def train_encoder(
     steps.check_batch_size(batch, len(train), ctx.mesh, "encoder.batch_size")
     dtype = compute_dtype(ctx.dtype)
 
-    make_step = lambda setup: steps.bind_data(
-        make_train_step(setup), setup, train.images, _row_indices(setup)
-    )
+    make_step = lambda setup: bound_train_step(setup, train.images)
 
     def knn(graphdef, state) -> dict:
         kw = dict(batch_size=feature_batch_size, dtype=dtype, mesh=ctx.mesh)

@@ -274,3 +274,17 @@ def test_conv_impl_shapes_cover_every_convolution_of_the_model(monkeypatch):
     row = conv_impl.time_shape(last, batch=2, dtype="float32", repeats=1)
     assert row["xla_fwd_bwd_ms"] > 0 and row["matmul_fwd_bwd_ms"] > 0
     assert row["auto"] == "matmul"  # the last 3x3 of a 16 px ResNet runs on a 2x2 map
+
+
+@pytest.mark.parametrize("mode", ["feed", "epoch"])
+def test_host_memory_runs_on_a_small_mapped_set(mode, tmp_path):
+    from benchmarks import host_memory
+
+    out = tmp_path / "h.json"
+    args = [f"--mode={mode}", f"--dir={tmp_path}", "--num-images=256", "--image-size=8"]
+    result = host_memory.main([*args, "--batch=64", "--width=2", f"--out={out}"])
+    assert result["steps"] == 4 and result["images_read"] == 256
+    assert result["set"]["memory_mapped"] and result["set"]["bytes"] == 256 * 8 * 8 * 3
+    assert json.loads(out.read_text())["mode"] == mode
+    if result["peak_resident_bytes"] is not None:
+        assert result["peak_resident_bytes"] > 0

@@ -4,8 +4,9 @@
   rows there. Fastest when it fits.
 * ``host``: the set stays a host array (in memory, or memory-mapped from the decoded-data cache, so
   a set bigger than RAM works); :class:`HostFeed` gathers each step's GLOBAL batch rows on the host
-  and transfers them batch-sharded (each process only the rows of its own devices), the next step's
-  rows in a background thread while the current step runs.
+  (rows of a mapped file read with ``preadv``, :func:`parallel.mesh.read_rows`, so they never stay
+  resident) and transfers them batch-sharded (each process only the rows of its own devices), the
+  next step's rows in a background thread while the current step runs.
 * ``auto``: ``device`` when the set takes at most :data:`AUTO_DEVICE_FRACTION` of the smallest
   device's memory (devices without memory statistics, the CPU: the host's RAM shared by its
   devices), else ``host``.
@@ -87,8 +88,8 @@ def release_pages(images: np.ndarray) -> None:
     """Drops the pages of a memory-mapped ``images`` from this process's resident memory.
 
     They stay in the OS page cache (a re-read is cheap) but no longer count as the process's
-    memory, so reading a whole memory-mapped set once per epoch keeps the resident size small.
-    No-op for in-memory arrays.
+    memory: for code that reads a whole mapped set through the mapping (the bank's digest and
+    features), call it after each chunk. No-op for in-memory arrays.
     """
     base = images
     while base is not None and not isinstance(base, mmap.mmap):
@@ -129,9 +130,7 @@ class HostFeed:
 
     def load(self, step: int) -> tuple[jax.Array, ...]:
         """The rows of ``step``, gathered and placed now."""
-        rows = tuple(shard_rows(self.images, idx, self.mesh) for idx in self._indices(step))
-        release_pages(self.images)
-        return rows
+        return tuple(shard_rows(self.images, idx, self.mesh) for idx in self._indices(step))
 
     def __call__(self, step: int) -> tuple[jax.Array, ...]:
         pending, self._next = self._next, None

@@ -9,6 +9,8 @@ each process builds only the shards of its own (addressable) devices.
 from __future__ import annotations
 
 import logging
+import mmap
+import os
 from typing import Any
 
 import jax
@@ -80,16 +82,54 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
     return _place(batch, batch_sharding(mesh))
 
 
+def _file_rows(images: np.ndarray) -> tuple[str, int, int] | None:
+    """(file, byte offset of row 0, bytes per row) of a C-contiguous memory-mapped array, or None."""
+    if not isinstance(images, np.memmap) or not images.filename or not images.flags.c_contiguous:
+        return None
+    base = images.base
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "base", None)
+    if base is None or not hasattr(os, "preadv"):
+        return None
+    mapped_at = np.frombuffer(base, np.uint8).ctypes.data  # where the mapping starts in memory
+    first = images.offset - images.offset % mmap.ALLOCATIONGRANULARITY  # ... and in the file
+    return images.filename, first + images.ctypes.data - mapped_at, images[:1].nbytes
+
+
+def read_rows(images: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """``images[indices]`` as a new C-contiguous array.
+
+    Rows of a memory-mapped file are read with ``os.preadv`` rather than through the mapping:
+    a read through a mapping maps whole page-cache folios into the process (on Linux up to 2 MB
+    per random row: 256 rows of 12 KB took 440 MB of resident memory), a read copies the row only.
+    """
+    indices = np.asarray(indices, np.int64).reshape(-1)
+    source = _file_rows(images)
+    if source is None:
+        return np.ascontiguousarray(images[indices])
+    path, first, row_bytes = source
+    out = np.empty((len(indices), *images.shape[1:]), images.dtype)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for k, i in enumerate(indices):
+            row = memoryview(out[k : k + 1]).cast("B")
+            if os.preadv(fd, [row], first + int(i) * row_bytes) != row_bytes:
+                raise OSError(f"{path} ended before row {i}; rebuild the decoded-data cache")
+    finally:
+        os.close(fd)
+    return out
+
+
 def shard_rows(images: np.ndarray, indices: np.ndarray, mesh: Mesh) -> jax.Array:
     """``images[indices]`` as a batch-sharded array, each process gathering only its own shards.
 
-    ``images`` is a host array (in memory or memory-mapped) that every process holds; the gather
-    runs once per addressable device with that device's slice of ``indices``, so a process never
-    reads the rows of another process's devices.
+    ``images`` is a host array (in memory or memory-mapped, :func:`read_rows`) that every process
+    holds; the gather runs once per addressable device with that device's slice of ``indices``,
+    so a process never reads the rows of another process's devices.
     """
     indices = np.asarray(indices)
     shape = (len(indices), *images.shape[1:])
-    fetch = lambda index: np.ascontiguousarray(images[indices[index[0]]])
+    fetch = lambda index: read_rows(images, indices[index[0]])
     return jax.make_array_from_callback(shape, batch_sharding(mesh), fetch)
 
 

@@ -43,7 +43,13 @@ from semsad_jax.train.monitors import heldout_report
 from semsad_jax.train.stage import StageContext, StagePlan, run_stage
 from semsad_jax.workdir.bank import build_bank
 
-__all__ = ["bound_train_step", "make_train_step", "steps_per_epoch", "train_discriminator"]
+__all__ = [
+    "bound_train_step",
+    "make_train_step",
+    "row_indices",
+    "steps_per_epoch",
+    "train_discriminator",
+]
 
 log = logging.getLogger(__name__)
 STAGE = "discriminator"
@@ -69,7 +75,7 @@ def _pair_indices(setup: steps.StepSetup):
     return at
 
 
-def _row_indices(setup: steps.StepSetup):
+def row_indices(setup: steps.StepSetup):
     """``(step, root, neighbours) -> (batch, positive partners, negative partners)`` indices."""
     at = _pair_indices(setup)
     return lambda step, root, neighbours: tuple(at(step, root, neighbours)[n] for n in ROW_SETS)
@@ -141,8 +147,8 @@ def _compile_step(setup: steps.StepSetup):
 def bound_train_step(setup: steps.StepSetup, images: np.ndarray, neighbours: np.ndarray):
     """:func:`make_train_step` with the training images (for ``setup.placement``) and the
     neighbour table bound: ``step(state, i) -> (state, metrics)`` (has ``close()``)."""
-    row_indices = _row_indices(setup)
-    return steps.bind_data(make_train_step(setup), setup, images, row_indices, (neighbours,))
+    rows_at = row_indices(setup)
+    return steps.bind_data(make_train_step(setup), setup, images, rows_at, (neighbours,))
 
 
 def _step_cache_key(setup: steps.StepSetup) -> tuple | None:

@@ -29,10 +29,10 @@ from semsad_jax.train.stage import StageContext, StagePlan, run_stage
 log = logging.getLogger(__name__)
 STAGE = "encoder"
 
-__all__ = ["bound_train_step", "make_train_step", "train_encoder"]
+__all__ = ["bound_train_step", "make_train_step", "row_indices", "train_encoder"]
 
 
-def _row_indices(setup: steps.StepSetup):
+def row_indices(setup: steps.StepSetup):
     """``(step, root) -> (batch indices,)``: the rows a step reads, in the step and on the host."""
     num_images, batch = setup.num_images, int(setup.section.batch_size)
     return lambda step, root: (
@@ -54,7 +54,7 @@ def make_train_step(setup: steps.StepSetup):
     spec = get_spec(section.augment)
     loss_name, temperature = section.loss, float(section.temperature)
     sharded = parallel.batch_sharding(mesh)
-    rows_at = _row_indices(setup)
+    rows_at = row_indices(setup)
 
     def step_fn(state, data, step, root):
         aug_key = jax.random.fold_in(root, 2)
@@ -81,7 +81,7 @@ def make_train_step(setup: steps.StepSetup):
 def bound_train_step(setup: steps.StepSetup, images: np.ndarray):
     """:func:`make_train_step` with the training images bound for ``setup.placement``:
     ``step(state, i) -> (state, metrics)`` (:func:`steps.bind_data`; has ``close()``)."""
-    return steps.bind_data(make_train_step(setup), setup, images, _row_indices(setup))
+    return steps.bind_data(make_train_step(setup), setup, images, row_indices(setup))
 
 
 def train_encoder(

@@ -27,16 +27,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def process_env(base: dict, *, devices: int, count: int = 1, process_id: int = 0, port: int = 0):
-    """``base`` with ``devices`` fake CPU devices and, for ``count > 1``, the launch variables."""
+FAST_COMPILE = "--xla_backend_optimization_level=0"  # halves the tests' compile times
+
+
+def process_env(
+    base: dict,
+    *,
+    devices: int,
+    count: int = 1,
+    process_id: int = 0,
+    port: int = 0,
+    xla_flags: str = FAST_COMPILE,
+):
+    """``base`` with ``devices`` fake CPU devices (plus ``xla_flags``) and, for ``count > 1``, the
+    launch variables."""
     env = {k: v for k, v in base.items() if not k.startswith(("JAX_COORDINATOR", "JAX_NUM_PRO"))}
     env.pop("JAX_PROCESS_ID", None)
     env.update(
         JAX_PLATFORMS="cpu",
         PYTHONUNBUFFERED="1",
-        XLA_FLAGS=(
-            f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
-        ),
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {xla_flags}".strip(),
     )
     if count > 1:
         env.update(
@@ -52,7 +62,7 @@ class Launch:
 
     Args:
       args: the script's flags (every process the same, unless ``per_process`` changes them).
-      script: the script to run (default: main.py).
+      script: the script to run (default: main.py); xla_flags: XLA flags besides the device count.
       log_dir: where ``p<i>.log`` (stdout and stderr of process i) goes.
       env: the base environment; ``env_for`` may change it per process (``i -> {name: value}``).
     """
@@ -69,13 +79,16 @@ class Launch:
         env_for=None,
         per_process=None,
         script: str = os.path.join(ROOT, "main.py"),
+        xla_flags: str = FAST_COMPILE,
     ):
         port = free_port()
         self.logs = [os.path.join(log_dir, f"{tag}-p{i}.log") for i in range(count)]
         self.procs: list[subprocess.Popen] = []
         self.started = time.time()
         for i in range(count):
-            child = process_env(env, devices=devices, count=count, process_id=i, port=port)
+            child = process_env(
+                env, devices=devices, count=count, process_id=i, port=port, xla_flags=xla_flags
+            )
             child.update((env_for or (lambda i: {}))(i))
             cmd = [sys.executable, script, *args]
             cmd += list((per_process or (lambda i: []))(i))

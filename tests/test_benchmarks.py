@@ -288,3 +288,13 @@ def test_host_memory_runs_on_a_small_mapped_set(mode, tmp_path):
     assert json.loads(out.read_text())["mode"] == mode
     if result["peak_resident_bytes"] is not None:
         assert result["peak_resident_bytes"] > 0
+
+
+def test_scaling_worker_reports_one_row(capsys):
+    """The per-process part of benchmarks/scaling.py (its launch is tests/test_multiprocess.py's)."""
+    from benchmarks import scaling
+
+    scaling.main(["--worker", "--preset=tiny", "--repeats=1", "--calls=1"])
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith(scaling.MARK)]
+    row = json.loads(line[len(scaling.MARK) :])
+    assert row["bench"] == "encoder_train" and row["processes"] == 1 and row["items_per_s"] > 0

@@ -5,12 +5,13 @@ value "none" (any case) turns caching off. An entry's name hashes the spec strin
 source path, image_size, on_corrupt and a caller-given state string (for files: size and mtime),
 so changing any of them, or the file itself, makes a new entry. An entry is two files::
 
-    <kind>-<hash>.images.npy   uint8 [N, S, S, 3], read back with np.load(mmap_mode="r"): only the
-                               rows a step reads are paged in, so a set bigger than RAM works
-    <kind>-<hash>.npz          ids, labels, class_names; written last (an entry without it is
-                               incomplete and rebuilt)
+    <kind>-<hash>.images.npy   uint8 [>= N, S, S, 3], read back with np.load(mmap_mode="r"): only
+                               the rows a step reads are paged in, so a set bigger than RAM works
+    <kind>-<hash>.npz          ids, labels, class_names, count (N: the rows in use); written last
+                               (an entry without it is incomplete and rebuilt)
 
-Both are written atomically (temporary file, then rename). Entries of older versions (the images
+Both are written atomically (temporary file, then rename). Folder and archive sources decode
+straight into a new images file (:func:`new_images`), so their set never has to fit in memory. Entries of older versions (the images
 inside the .npz) are still read, and rewritten in this layout on first use. Unreadable entries are
 rebuilt.
 """
@@ -57,10 +58,11 @@ def read_cache(path: str) -> dict | None:
             entry = {name: npz[name] for name in npz.files}
         if "images" in entry:  # an entry of an older version: rewrite it in this layout
             write_cache(path, entry)
-        entry["images"] = np.load(images_file(path), mmap_mode="r", allow_pickle=False)
-        images = entry["images"]
-        if images.ndim != 4 or images.dtype != np.uint8 or len(entry["ids"]) != len(images):
+        images = np.load(images_file(path), mmap_mode="r", allow_pickle=False)
+        count = int(entry.pop("count", len(images)))
+        if images.ndim != 4 or images.dtype != np.uint8 or not len(entry["ids"]) == count:
             raise ValueError("inconsistent arrays")
+        entry["images"] = images[:count]
     except Exception as err:  # a damaged cache entry is rebuilt, never fatal
         log.warning("ignoring unreadable cache file %s (%s); rebuilding it", path, err)
         return None
@@ -68,8 +70,12 @@ def read_cache(path: str) -> dict | None:
     return entry
 
 
+def _tmp(path: str) -> str:
+    return f"{path}.tmp{os.getpid()}-{os.uname().nodename}"
+
+
 def _atomic(path: str, write) -> None:
-    tmp = f"{path}.tmp{os.getpid()}-{os.uname().nodename}"
+    tmp = _tmp(path)
     try:
         with open(tmp, "wb") as handle:
             write(handle)
@@ -79,12 +85,30 @@ def _atomic(path: str, write) -> None:
             os.remove(tmp)
 
 
+def new_images(path: str, shape: tuple[int, ...]) -> np.memmap:
+    """A writable memory-mapped uint8 .npy of ``shape`` for the entry ``path``, to decode into;
+    it becomes the entry's images file when :func:`write_cache` gets it (or a view of its first
+    rows)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return np.lib.format.open_memmap(_tmp(images_file(path)), "w+", np.uint8, shape)
+
+
 def write_cache(path: str, arrays: dict[str, np.ndarray]) -> None:
-    """Writes an entry (images first, the .npz last), each atomically; failures only warn."""
+    """Writes an entry (images first, the .npz last), each atomically; failures only warn.
+
+    ``arrays["images"]`` from :func:`new_images` is moved into place, not copied.
+    """
+    images = arrays["images"]
     rest = {k: v for k, v in arrays.items() if k != "images"}
+    rest["count"] = np.asarray(len(images), np.int64)
+    target = images_file(path)
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        _atomic(images_file(path), lambda f: np.save(f, np.asarray(arrays["images"], np.uint8)))
+        if isinstance(images, np.memmap) and images.filename == os.path.abspath(_tmp(target)):
+            images.flush()
+            os.replace(images.filename, target)
+        else:
+            _atomic(target, lambda f: np.save(f, np.asarray(images, np.uint8)))
         _atomic(path, lambda f: np.savez(f, **rest))
     except OSError as err:
         log.warning("could not write cache file %s (%s); continuing without it", path, err)

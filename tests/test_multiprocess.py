@@ -6,8 +6,9 @@ two hosts would, and end where one process x 4 devices ends.
   free port; a SIGTERM to process 1 (a preemption notice) stops both at one step with a checkpoint;
 * rerun, process 1 is SIGKILLed mid-encoder: process 0 stops with one ``error:`` line within
   KILL_BOUND_S (measured: under a second; it is inside a collective and gloo fails at once);
-* rerunning both resumes from the last checkpoint while a second, unrelated launch on the same
-  workdir is refused (one lock per workdir, held by process 0); ``--mode=score`` follows;
+* rerunning both (with ``data.placement=host``: each process sends only its own devices' rows)
+  resumes from the last checkpoint while a second, unrelated launch on the same workdir is refused
+  (one lock per workdir, held by process 0); ``--mode=score`` follows;
 * parameters, results.json metrics, eval scores and the scores CSV equal the one-process run within
   the tolerances below: the two runs differ only in the order of float32 reductions across devices
   (gloo's all-reduce vs XLA's in-process one), which moves the last bits and, through 16 + 4 steps,
@@ -46,8 +47,8 @@ SCORE = ("--mode=score", "--images=sklearn:digits/test?classes=7,8,9&limit=24")
 PARAMS_ATOL = 1e-5  # |parameter or BatchNorm statistic| difference, both networks
 SCORES_ATOL = 1e-4  # eval scores, thresholds and the CSV's score / similarity columns
 METRICS_ATOL = 1e-6  # results.json metrics (AUROC, FPR@95, ...: rank-based, equal in practice)
-KILL_BOUND_S = 30  # survivor's exit after a peer's SIGKILL: at once inside a collective, else
-# at most the heartbeat timeout (SEMSAD_HEARTBEAT_TIMEOUT=10 here) plus the abort
+KILL_BOUND_S = 30  # survivor's exit after a peer's SIGKILL: at once inside a collective that
+# fails, else when the liveness check finds the peer silent (0.6 x SEMSAD_HEARTBEAT_TIMEOUT=10 here)
 RUN_TIMEOUT_S = 600
 
 
@@ -144,15 +145,20 @@ def test_two_processes_killed_resumed_and_equal_to_one(single, env, tmp_path):
     assert code == 3, out[-3000:]
     assert stopped_after < KILL_BOUND_S, stopped_after
     errors = _lines_starting(out, "error:")
-    assert len(errors) == 1 and "lost contact with another process" in errors[0], out[-3000:]
+    # inside a collective that fails: "lost contact with another process ..." (gloo's error, at
+    # once); else the liveness check: "lost process 1 ... (silent for 6 s)"
+    assert len(errors) == 1, out[-3000:]
+    assert re.search(r"lost (contact with another process|process 1) ", errors[0]), errors
     assert "rerun every process with the same command" in errors[0]
     assert "Traceback" not in out
     stage = json.loads((workdir / "encoder" / "stage.json").read_text())
     assert not stage["finished"]  # the kill landed mid-encoder
     print(f"survivor stopped {stopped_after:.2f} s after the SIGKILL")
 
-    # 3. Rerun both: they resume; meanwhile an unrelated launch on the workdir is refused.
-    again = Launch(args, count=2, devices=2, env=env, log_dir=str(tmp_path), tag="resumed")
+    # 3. Rerun both, now with the set on the host: they resume (placement is not part of a stage's
+    # identity); meanwhile an unrelated launch on the workdir is refused.
+    host = (*args, "--config.data.placement=host")
+    again = Launch(host, count=2, devices=2, env=env, log_dir=str(tmp_path), tag="resumed")
     try:
         _wait_until(
             lambda: "resuming encoder from step" in again.output(0), again, 300, "the resume"
@@ -273,3 +279,44 @@ def test_a_process_started_differently_is_refused_with_one_line(env, tmp_path):
         assert any(needle in _error_lines(launch.output(i))[0] for i in range(2)), needle
         assert took < 90, took
     assert not (tmp_path / "w" / "encoder").exists()  # nothing was trained
+
+
+IDLE = """
+import sys, time
+sys.path.insert(0, {root!r})
+from semsad_jax import parallel
+parallel.initialize_distributed()
+import jax
+print("up", flush=True)
+time.sleep(float(sys.argv[1]) if jax.process_index() == 0 else float(sys.argv[2]))
+"""
+
+
+def test_a_process_outside_any_collective_reports_a_lost_peer_in_one_line(env, tmp_path):
+    """The liveness check (semsad_jax.parallel.liveness): a peer that finishes normally is not
+    lost; a SIGKILLed one is reported within 0.6 x the heartbeat timeout, before JAX aborts."""
+    script = tmp_path / "idle.py"
+    script.write_text(IDLE.format(root=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    # process 1 ends at once (normally), process 0 stays idle longer than the liveness limit (6 s)
+    launch, codes = _run(
+        env, tmp_path, "done", ("9", "0"), count=2, devices=1, timeout=120, script=str(script)
+    )
+    assert codes == [0, 0], launch.output(0)[-2000:]
+    assert not _error_lines(launch.output(0))
+    # process 1 is killed while process 0 waits outside any collective
+    idle = Launch(
+        ("60", "60"), count=2, devices=1, env=env, log_dir=str(tmp_path), tag="idle",
+        script=str(script),
+    )  # fmt: skip
+    try:
+        _wait_until(lambda: all("up" in idle.output(i) for i in range(2)), idle, 120, "startup")
+        idle.kill(1)
+        killed_at = time.time()
+        code = idle.procs[0].wait(timeout=60)
+        took = time.time() - killed_at
+    finally:
+        idle.kill_all()
+    errors = _error_lines(idle.output(0))
+    assert code == 3 and len(errors) == 1, idle.output(0)[-2000:]
+    assert "lost process 1 of this 2-process run (silent for 6 s)" in errors[0]
+    assert took < 10, took  # before JAX's heartbeat (SEMSAD_HEARTBEAT_TIMEOUT=10) would abort

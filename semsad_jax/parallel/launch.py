@@ -13,7 +13,8 @@ switches jax's cluster detection off, which would otherwise give each process on
 
 Timeouts (seconds, environment): ``SEMSAD_INIT_TIMEOUT`` (default 120) is how long a process waits
 for all N to join before it stops with one line; ``SEMSAD_HEARTBEAT_TIMEOUT`` (default 30) is how
-long the runtime waits for a silent process before it aborts the others. On the CPU the
+long the runtime waits for a silent process before it aborts the others (and, at 0.6 of it, when
+the others report a lost process in one line: :mod:`semsad_jax.parallel.liveness`). On the CPU the
 collectives run over gloo (TCP), and JAX's persistent compilation cache is switched off (XLA:CPU
 executables read back from it lose the order of their collectives, which then mismatch across
 processes).
@@ -37,9 +38,11 @@ from typing import NoReturn
 
 import jax
 import numpy as np
+from jax._src import distributed as jax_distributed
 from jax.experimental import multihost_utils
 
 from semsad_jax.errors import SemsadError
+from semsad_jax.parallel.liveness import Liveness
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,7 @@ ADDRESS, COUNT, PROCESS_ID = "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JA
 INIT_TIMEOUT, HEARTBEAT_TIMEOUT = "SEMSAD_INIT_TIMEOUT", "SEMSAD_HEARTBEAT_TIMEOUT"
 DEFAULT_INIT_TIMEOUT_S, DEFAULT_HEARTBEAT_TIMEOUT_S = 120, 30
 _JAX_GRACE_S = 30  # jax's own (aborting) initialization timeout comes this much after ours
+LIVENESS_FRACTION = 0.6  # a peer silent for this part of the heartbeat timeout is lost (liveness)
 # Words in the first line of a JaxRuntimeError that mean "another process is gone".
 _PEER_WORDS = ("gloo", "connection", "peer", "heartbeat", "unavailable", "socket", "barrier")
 
@@ -175,9 +179,9 @@ def initialize_distributed(env: Mapping[str, str] | None = None) -> Launch:
     if "JAX_CPU_COLLECTIVES_IMPLEMENTATION" not in env:  # CPU collectives across processes
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     wait = _seconds(env, INIT_TIMEOUT, DEFAULT_INIT_TIMEOUT_S)
+    heartbeat = _seconds(env, HEARTBEAT_TIMEOUT, DEFAULT_HEARTBEAT_TIMEOUT_S)
     kwargs: dict = dict(
-        initialization_timeout=wait + _JAX_GRACE_S,
-        heartbeat_timeout_seconds=_seconds(env, HEARTBEAT_TIMEOUT, DEFAULT_HEARTBEAT_TIMEOUT_S),
+        initialization_timeout=wait + _JAX_GRACE_S, heartbeat_timeout_seconds=heartbeat
     )
     if launch.kind == "explicit":
         kwargs.update(
@@ -206,6 +210,10 @@ def initialize_distributed(env: Mapping[str, str] | None = None) -> Launch:
         jax.config.update("jax_enable_compilation_cache", False)
         if jax.config.jax_compilation_cache_dir:
             log.warning("multi-process run on the CPU: the persistent compilation cache is off")
+    client = getattr(jax_distributed.global_state, "client", None)  # (no public accessor)
+    if client is not None:  # one line for a lost process, before JAX's heartbeat aborts
+        stale = LIVENESS_FRACTION * heartbeat
+        Liveness(client, jax.process_index(), jax.process_count(), stale, leave).start()
     log.info(
         "process %d of %d (%s launch); %d local devices",
         jax.process_index(),

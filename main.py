@@ -9,11 +9,14 @@ Any config field can be overridden: ``--config.encoder.epochs=3``. All logic liv
 """
 
 import sys
+import traceback
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
 from semsad_jax.errors import SemsadError
+from semsad_jax.parallel import leave, lost_peer
 from semsad_jax.run import MODES, run
 from semsad_jax.train.loop import Interrupted
 
@@ -64,18 +67,23 @@ def main(argv):
             workdirs=FLAGS.workdirs,
         )
     except SemsadError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        leave(f"error: {err}", 2)
     except Interrupted as err:
-        print(f"interrupted: {err}", file=sys.stderr)
-        sys.exit(130)
+        leave(f"interrupted: {err}", 130)
     except KeyboardInterrupt:
-        print(
+        leave(
             "interrupted: stopped by Ctrl-C before a checkpoint could be saved; rerun the same "
             "command to resume from the last checkpoint.",
-            file=sys.stderr,
+            130,
         )
-        sys.exit(130)
+    except Exception as err:  # a peer process of a multi-process run is gone: one line, no hang
+        message = lost_peer(err)
+        if message is None and not jax.distributed.is_initialized():
+            raise
+        if message is None:  # any other failure of one process: say so, and do not hang
+            traceback.print_exc()
+            message = f"this process failed ({type(err).__name__}); see the traceback above."
+        leave(f"error: {message}", 3)
 
 
 if __name__ == "__main__":

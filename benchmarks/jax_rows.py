@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.timing import row, time_call
+from benchmarks.timing import row, time_call, time_interleaved
 
 
 def encoder_config(args, dtype: str, augment: str = "encoder"):
@@ -64,6 +64,57 @@ def bench_encoder(args, dtype: str, images: np.ndarray, mesh, augment: str) -> d
         depth=args.depth,
         conv_impl=config.encoder.conv_impl,
     )
+
+
+def bench_placement(args, dtype: str, images: np.ndarray, mesh) -> list[dict]:
+    """``encoder_train_device`` and ``encoder_train_host``: the real encoder step with the set on
+    every device, and with each step's rows gathered on the host (prefetched one step ahead),
+    timed in alternating rounds of at least 4 steps (so the host's prefetch overlaps its own
+    steps, as in training)."""
+    import jax
+
+    from semsad_jax.models import build
+    from semsad_jax.train.encoder import bound_train_step
+    from semsad_jax.train.step import StepSetup, init_state
+
+    config = encoder_config(args, dtype)
+    calls, steps = {}, []
+    for placement in ("device", "host"):
+        model = build("encoder", config.encoder, seed=config.seed, dtype=dtype)
+        graphdef, tx, state = init_state(model, config.encoder, len(images) // args.batch, mesh)
+        shardings = jax.tree.map(lambda x: x.sharding, state)
+        setup = StepSetup(
+            graphdef, tx, shardings, config.encoder, len(images), mesh, config.seed, dtype,
+            placement=placement,
+        )  # fmt: skip
+        step = bound_train_step(setup, images)
+        steps.append(step)
+        holder = {"state": state, "step": 0}
+
+        def call(step=step, holder=holder):
+            holder["state"], metrics = step(holder["state"], np.int32(holder["step"]))
+            holder["step"] += 1
+            return metrics["loss"]
+
+        calls[placement] = call
+    timing = timing_kwargs(args) | {"calls": max(args.calls, 4)}
+    timings = time_interleaved(calls, **timing)
+    for step in steps:
+        step.close()
+    return [
+        row(
+            f"encoder_train_{placement}",
+            dtype,
+            2 * args.batch,
+            "views",
+            t,
+            placement=placement,
+            width=args.width,
+            batch=args.batch,
+            image_size=args.image_size,
+        )
+        for placement, t in timings.items()
+    ]
 
 
 def bench_discriminator(args, dtype: str, images: np.ndarray, mesh) -> dict:

@@ -12,6 +12,9 @@ each round blocked with ``jax.block_until_ready``), for each ``--dtypes`` entry:
 - ``discriminator_train``: the real discriminator step (:mod:`benchmarks.disc_step`). Items =
   pairs (B positive + B negative).
 - ``augment``: ``augment_batch`` with the encoder preset alone. Items = images.
+- ``encoder_train_device`` / ``encoder_train_host`` (``--benches=placement``): the encoder step
+  with ``data.placement`` device (the set on every device) and host (each step's rows gathered on
+  the host, prefetched), timed in alternating rounds; the ratio host / device is printed.
 - ``feature_bank``: ``features.compute_features`` (inference, host to device included).
 - ``knn_top4``: ``neighbors.top_k_cosine`` (k=4, exclude_self) of a random unit bank against
   itself; in float32 also ``knn_top4_vs_sklearn``: ours and scikit-learn's brute-force cosine
@@ -43,6 +46,7 @@ from benchmarks.jax_rows import (
     bench_discriminator,
     bench_encoder,
     bench_knn,
+    bench_placement,
     random_bank,
     timing_kwargs,
 )
@@ -95,7 +99,15 @@ PRESETS = {
         calls=1,
     ),
 }
-ALL_BENCHES = ("encoder", "encoder_noaug", "discriminator", "augment", "bank", "knn")
+ALL_BENCHES = (
+    "encoder",
+    "encoder_noaug",
+    "placement",
+    "discriminator",
+    "augment",
+    "bank",
+    "knn",
+)
 COLUMNS = [
     ("bench", "bench"),
     ("framework", "framework"),
@@ -112,6 +124,7 @@ COMPARISONS = [
     ("end to end vs authors' DataLoader", "encoder_train", "torch", "encoder_train_dataloader"),
     ("end to end vs torch on-device aug", "encoder_train", "torch", "encoder_train_device_aug"),
     ("top-4 search vs sklearn brute", "knn_top4_vs_sklearn", "sklearn", "knn_top4_vs_sklearn"),
+    ("data.placement host / device", "encoder_train_host", "jax", "encoder_train_device"),
 ]
 
 
@@ -225,6 +238,8 @@ def run(args: argparse.Namespace) -> dict:
             rows.append(bench_encoder(args, dtype, images, mesh, "encoder"))
         if "encoder_noaug" in benches:
             rows.append(bench_encoder(args, dtype, images, mesh, "t_org"))
+        if "placement" in benches:
+            rows.extend(bench_placement(args, dtype, images, mesh))
         if "discriminator" in benches:
             rows.append(bench_discriminator(args, dtype, images, mesh))
         if "augment" in benches:

@@ -84,6 +84,35 @@ def time_call(
     )
 
 
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]],
+    *,
+    warmup: int = 2,
+    repeats: int = 5,
+    calls: int = 1,
+    sync: Callable[[Any], None] | None = None,
+) -> dict[str, Timing]:
+    """:func:`time_call` of several callables whose timed rounds alternate (A, B, A, B, ...), so
+    load that comes and goes on a shared machine hits them alike."""
+    for fn in fns.values():
+        time_call(fn, warmup=max(warmup - 1, 0), repeats=1, calls=1, sync=sync)
+    rounds: dict[str, list[Timing]] = {name: [] for name in fns}
+    for _ in range(max(repeats, 1)):
+        for name, fn in fns.items():
+            rounds[name].append(time_call(fn, warmup=0, repeats=1, calls=calls, sync=sync))
+    return {
+        name: Timing(
+            median_s=statistics.median(t.median_s for t in ts),
+            min_s=min(t.min_s for t in ts),
+            max_s=max(t.max_s for t in ts),
+            repeats=len(ts),
+            calls=max(calls, 1),
+            cpu_median_s=statistics.median(t.cpu_median_s for t in ts),
+        )
+        for name, ts in rounds.items()
+    }
+
+
 def row(
     bench: str,
     dtype: str,

@@ -31,6 +31,12 @@ def get_config() -> ml_collections.ConfigDict:
     # data.contamination_source into the training set ("" = no contamination).
     d.contamination_source = ""
     d.contamination = 0.0
+    # Where the uint8 training set lives while a stage trains (never changes the results):
+    # "device" (copied to every device once; fastest), "host" (stays in host memory, or
+    # memory-mapped from the decoded-data cache: only each step's batch rows travel to the devices,
+    # the next batch prefetched while a step runs; for sets bigger than device memory or RAM), or
+    # "auto" (device while the set takes at most 25% of the smallest device's memory, else host).
+    d.placement = "auto"
 
     # ---- encoder h (contrastive) -------------------------------------------------------------
     c.encoder = e = ml_collections.ConfigDict()

@@ -1,6 +1,8 @@
 """The modes in order, behind one function that main.py and notebooks call.
 
-``run(config, workdir, mode)`` takes the workdir lock, checks that the stages it will run match what
+``run(config, workdir, mode)`` joins the other processes of a multi-process launch (and refuses one
+started with another config or process count, :mod:`semsad_jax.parallel.launch`), takes the
+workdir lock (process 0), checks that the stages it will run match what
 the workdir holds, writes the resolved config to ``WORKDIR/config.json``, loads the data the mode
 needs (each set decoded once) and runs the stage(s)::
 
@@ -13,8 +15,11 @@ section it uses.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -79,7 +84,11 @@ def run(
         return {"report": run_report(list(workdirs) or [workdir], config)}
     if mode == "score" and not images:
         raise SemsadError("--mode=score needs --images=SPEC (e.g. folder:my_images).")
-    parallel.maybe_initialize_distributed()
+    launch = parallel.initialize_distributed()
+    if jax.process_index() > 0:  # one process tells the story; the others only warn
+        logging.getLogger("semsad_jax").setLevel(logging.WARNING)
+    flags = dict(workdir=workdir, mode=mode, overwrite=overwrite, ood=list(ood), images=images)
+    parallel.check_same_launch(_fingerprint(config, flags), launch)
     wd = _check_workdir(workdir)
     mesh = parallel.make_mesh()
     sets = DataSets(config.data, int(config.seed))
@@ -92,9 +101,10 @@ def run(
         progress=bool(config.progress),
         tensorboard=bool(config.tensorboard),
         overwrite=overwrite,
+        placement=str(config.data.get("placement", "auto")),
     )
     results: dict = {}
-    with wd.lock() if jax.process_index() == 0 else _NoLock():
+    with _workdir_lock(wd):
         trains = TRAINS.get(mode, ())
         if trains:  # refuse a mismatch before config.json (or anything else) is written
             for stage in () if overwrite else trains:
@@ -137,9 +147,25 @@ def run(
     return results
 
 
-class _NoLock:
-    def __enter__(self):
-        return self
+def _fingerprint(config: Any, flags: dict) -> str:
+    """What every process of a multi-process run must agree on: the resolved config and flags."""
+    return json.dumps({"config": config.to_dict(), **flags}, sort_keys=True, default=str)
 
-    def __exit__(self, *exc):
-        return None
+
+@contextlib.contextmanager
+def _workdir_lock(wd: Workdir) -> Iterator[None]:
+    """Process 0 holds the workdir's lock for the whole run (one lock per workdir, however many
+    processes); every process learns whether it got it, so all refuse together."""
+    with contextlib.ExitStack() as stack:
+        refused = None
+        if jax.process_index() == 0:
+            try:
+                stack.enter_context(wd.lock())
+            except SemsadError as err:
+                refused = err
+        if not parallel.all_agree(refused is None)[0]:
+            raise refused or SemsadError(
+                f"workdir {wd.path} is in use by another run (process 0 could not lock it); wait "
+                "for it to finish or use another --workdir."
+            )
+        yield

@@ -38,6 +38,7 @@ def context(config, workdir, *, mesh=None, overwrite=False) -> StageContext:
         progress=bool(config.progress),
         tensorboard=bool(config.tensorboard),
         overwrite=overwrite,
+        placement=str(config.data.get("placement", "auto")),
     )
 
 

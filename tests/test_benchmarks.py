@@ -22,13 +22,15 @@ def test_throughput_tiny_and_knn_matches_sklearn(tmp_path):
             "--preset=tiny",
             "--devices=1",
             "--dtypes=float32",
-            "--benches=encoder,augment,knn",
+            "--benches=encoder,augment,knn,placement",
             f"--out={out}",
         ]
     )
     rows = {(r["framework"], r["bench"]): r for r in result["rows"]}
     assert set(rows) == {
         ("jax", "encoder_train"),
+        ("jax", "encoder_train_device"),
+        ("jax", "encoder_train_host"),
         ("jax", "augment"),
         ("jax", "knn_top4"),
         ("jax", "knn_top4_vs_sklearn"),
@@ -43,6 +45,11 @@ def test_throughput_tiny_and_knn_matches_sklearn(tmp_path):
     ours, theirs = rows[("jax", "knn_top4_vs_sklearn")], rows[("sklearn", "knn_top4_vs_sklearn")]
     expected = ours["items_per_s"] / theirs["items_per_s"]
     assert ratio["ratio"] == pytest.approx(expected, rel=1e-2)
+    (placement,) = [c for c in result["comparisons"] if "placement" in c["comparison"]]
+    host, device = rows[("jax", "encoder_train_host")], rows[("jax", "encoder_train_device")]
+    assert placement["ratio"] == pytest.approx(
+        host["items_per_s"] / device["items_per_s"], rel=1e-2
+    )
     assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(result["rows"]))
 
 
@@ -355,3 +362,27 @@ def test_neighbour_pool_measure():
     feats /= np.linalg.norm(feats, axis=1, keepdims=True)
     whole, small = neighbour_pool.measure(feats.astype(np.float32), labels, [0, 20], k=4)
     assert whole["label_agreement"] > 0.95 and whole["mean_cosine"] > small["mean_cosine"]
+
+
+@pytest.mark.parametrize("mode", ["feed", "epoch"])
+def test_host_memory_runs_on_a_small_mapped_set(mode, tmp_path):
+    from benchmarks import host_memory
+
+    out = tmp_path / "h.json"
+    args = [f"--mode={mode}", f"--dir={tmp_path}", "--num-images=256", "--image-size=8"]
+    result = host_memory.main([*args, "--batch=64", "--width=2", f"--out={out}"])
+    assert result["steps"] == 4 and result["images_read"] == 256
+    assert result["set"]["memory_mapped"] and result["set"]["bytes"] == 256 * 8 * 8 * 3
+    assert json.loads(out.read_text())["mode"] == mode
+    if result["peak_resident_bytes"] is not None:
+        assert result["peak_resident_bytes"] > 0
+
+
+def test_scaling_worker_reports_one_row(capsys):
+    """The per-process part of benchmarks/scaling.py (its launch is tests/test_multiprocess.py's)."""
+    from benchmarks import scaling
+
+    scaling.main(["--worker", "--preset=tiny", "--repeats=1", "--calls=1"])
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith(scaling.MARK)]
+    row = json.loads(line[len(scaling.MARK) :])
+    assert row["bench"] == "encoder_train" and row["processes"] == 1 and row["items_per_s"] > 0

@@ -253,7 +253,9 @@ def test_cache_hit_and_invalidation(tree, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     spec = f"folder:{tree}?limit=4"
     first = load_images(spec, 8, cache_dir=str(cache))
-    assert len(os.listdir(cache)) == 1 and os.listdir(cache)[0].endswith(".npz")
+    names = sorted(os.listdir(cache))
+    assert len(names) == 2 and names[0].endswith(".images.npy") and names[1].endswith(".npz")
+    assert isinstance(first.images, np.memmap)  # the decoded copy is dropped for the mapped one
 
     def broken(*args):
         raise AssertionError("decoder called although the cache should answer")
@@ -276,7 +278,36 @@ def test_cache_hit_and_invalidation(tree, tmp_path, monkeypatch):
     np.testing.assert_array_equal(fresh.images[0], _pil_reference(changed, 8))
     assert not [n for n in os.listdir(cache) if ".tmp" in n]
     load_images(spec, 8, cache_dir="none")
-    assert len(os.listdir(cache)) == 2
+    assert len(os.listdir(cache)) == 4  # two entries (the changed file's is new), two files each
+
+
+def test_cache_images_are_memory_mapped_and_old_entries_still_read(tree, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    spec = f"folder:{tree}?limit=4"
+    first = load_images(spec, 8, cache_dir=str(cache))
+    entry = str(next(cache.glob("*.npz")))
+    images_path = next(cache.glob("*.images.npy"))
+    # decoded straight into the file; the 2 unreadable images of 4 were compacted away at its end
+    stored = np.load(images_path, mmap_mode="r")
+    assert len(first) == 2 and stored.shape == (4, 8, 8, 3)
+    np.testing.assert_array_equal(stored[:2], first.images)
+    # An entry of the old layout (images inside the .npz) is read, then rewritten in the new one.
+    with np.load(entry) as npz:
+        old = {k: npz[k] for k in npz.files}
+    np.savez(entry, images=np.asarray(first.images), **old)
+    images_path.unlink()
+    monkeypatch.setattr(imagefiles, "decode_image", lambda *a: 1 / 0)  # the cache must answer
+    again = load_images(spec, 8, cache_dir=str(cache))
+    assert isinstance(again.images, np.memmap) and not again.images.flags.writeable
+    np.testing.assert_array_equal(again.images, first.images)
+    with np.load(entry) as npz:
+        assert "images" not in npz.files and list(npz["ids"]) == first.ids
+    assert images_path.exists()
+    # A missing images file makes the entry unreadable: rebuilt (here the decoder fails: 1 / 0).
+    images_path.unlink()
+    with pytest.raises(SemsadError, match="ZeroDivisionError"):
+        load_images(spec, 8, cache_dir=str(cache))
+    assert not [n for n in os.listdir(cache) if ".tmp" in n]  # the failed decode left no file
 
 
 def test_archive_cache_invalidated_by_new_archive(tree, tmp_path, monkeypatch):

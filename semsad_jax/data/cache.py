@@ -1,9 +1,19 @@
-"""On-disk cache of decoded image sets (``.npz`` files, written atomically).
+"""On-disk cache of decoded image sets; the images are memory-mapped when read back.
 
 Directory: the ``cache_dir`` argument, else ``$SEMSAD_CACHE``, else ``~/.cache/semsad_jax``; the
 value "none" (any case) turns caching off. An entry's name hashes the spec string, the absolute
 source path, image_size, on_corrupt and a caller-given state string (for files: size and mtime),
-so changing any of them, or the file itself, makes a new entry. Unreadable entries are rebuilt.
+so changing any of them, or the file itself, makes a new entry. An entry is two files::
+
+    <kind>-<hash>.images.npy   uint8 [>= N, S, S, 3], read back with np.load(mmap_mode="r"): only
+                               the rows a step reads are paged in, so a set bigger than RAM works
+    <kind>-<hash>.npz          ids, labels, class_names, count (N: the rows in use); written last
+                               (an entry without it is incomplete and rebuilt)
+
+Both are written atomically (temporary file, then rename). Folder and archive sources decode
+straight into a new images file (:func:`new_images`), so their set never has to fit in memory. Entries of older versions (the images
+inside the .npz) are still read, and rewritten in this layout on first use. Unreadable entries are
+rebuilt.
 """
 
 from __future__ import annotations
@@ -17,7 +27,8 @@ import numpy as np
 from semsad_jax.data.specs import Spec
 
 log = logging.getLogger(__name__)
-CACHE_FORMAT = 1
+CACHE_FORMAT = 1  # part of every entry's name: bump to orphan all entries
+IMAGES_SUFFIX = ".images.npy"
 
 
 def resolve_cache_dir(cache_dir: str | None = None) -> str | None:
@@ -27,21 +38,31 @@ def resolve_cache_dir(cache_dir: str | None = None) -> str | None:
 
 
 def cache_file(spec: Spec, image_size: int, on_corrupt: str, state: str, cache_dir: str) -> str:
-    """The entry path for this spec / size / policy / source state."""
+    """The entry path (its ``.npz``) for this spec / size / policy / source state."""
     key = repr((CACHE_FORMAT, spec.text, os.path.abspath(spec.location), image_size, on_corrupt))
     digest = hashlib.sha256((key + state).encode()).hexdigest()[:32]
     return os.path.join(cache_dir, f"{spec.kind}-{digest}.npz")
 
 
+def images_file(path: str) -> str:
+    """The ``.images.npy`` beside the entry ``path`` (``.npz``)."""
+    return path[: -len(".npz")] + IMAGES_SUFFIX if path.endswith(".npz") else path + IMAGES_SUFFIX
+
+
 def read_cache(path: str) -> dict | None:
-    """The stored arrays (images, ids, and labels / class_names when present), or None."""
+    """The stored arrays (images memory-mapped, ids, labels / class_names when present), or None."""
     if not os.path.isfile(path):
         return None
     try:
         with np.load(path, allow_pickle=False) as npz:
             entry = {name: npz[name] for name in npz.files}
-        if entry["images"].ndim != 4 or len(entry["ids"]) != len(entry["images"]):
+        if "images" in entry:  # an entry of an older version: rewrite it in this layout
+            write_cache(path, entry)
+        images = np.load(images_file(path), mmap_mode="r", allow_pickle=False)
+        count = int(entry.pop("count", len(images)))
+        if images.ndim != 4 or images.dtype != np.uint8 or not len(entry["ids"]) == count:
             raise ValueError("inconsistent arrays")
+        entry["images"] = images[:count]
     except Exception as err:  # a damaged cache entry is rebuilt, never fatal
         log.warning("ignoring unreadable cache file %s (%s); rebuilding it", path, err)
         return None
@@ -49,15 +70,45 @@ def read_cache(path: str) -> dict | None:
     return entry
 
 
-def write_cache(path: str, arrays: dict[str, np.ndarray]) -> None:
-    """Writes arrays to ``path`` via a temporary file and os.replace; failures only warn."""
-    tmp = f"{path}.tmp{os.getpid()}"
+def _tmp(path: str) -> str:
+    return f"{path}.tmp{os.getpid()}-{os.uname().nodename}"
+
+
+def _atomic(path: str, write) -> None:
+    tmp = _tmp(path)
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
+            write(handle)
         os.replace(tmp, path)
-    except OSError as err:
-        log.warning("could not write cache file %s (%s); continuing without it", path, err)
+    finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def new_images(path: str, shape: tuple[int, ...]) -> np.memmap:
+    """A writable memory-mapped uint8 .npy of ``shape`` for the entry ``path``, to decode into;
+    it becomes the entry's images file when :func:`write_cache` gets it (or a view of its first
+    rows)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return np.lib.format.open_memmap(_tmp(images_file(path)), "w+", np.uint8, shape)
+
+
+def write_cache(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """Writes an entry (images first, the .npz last), each atomically; failures only warn.
+
+    ``arrays["images"]`` from :func:`new_images` is moved into place, not copied.
+    """
+    images = arrays["images"]
+    rest = {k: v for k, v in arrays.items() if k != "images"}
+    rest["count"] = np.asarray(len(images), np.int64)
+    target = images_file(path)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if isinstance(images, np.memmap) and images.filename == os.path.abspath(_tmp(target)):
+            images.flush()
+            os.replace(images.filename, target)
+        else:
+            _atomic(target, lambda f: np.save(f, np.asarray(images, np.uint8)))
+        _atomic(path, lambda f: np.savez(f, **rest))
+    except OSError as err:
+        log.warning("could not write cache file %s (%s); continuing without it", path, err)

@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from semsad_jax.errors import SemsadError
+from semsad_jax.parallel import release_pages
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +213,7 @@ def decode_all(
     image_size: int,
     describe: Callable[[int], str],
     on_corrupt: str,
+    allocate: Callable[[tuple[int, ...]], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decodes ``count`` items in blocks, each in a thread pool.
 
@@ -221,11 +223,15 @@ def decode_all(
       image_size: output side length.
       describe: position -> file name for messages.
       on_corrupt: "skip" (drop unreadable images, logging how many) or "error" (SemsadError).
+      allocate: ``shape -> uint8 array`` to decode into (e.g. a memory-mapped file of the
+        decoded-data cache, so a set bigger than RAM never has to fit in memory); default zeros.
+        Its decoded blocks are flushed and their pages released as it fills.
 
     Returns:
       (uint8 [M, image_size, image_size, 3], int64 [M] sorted positions of the decoded items).
     """
-    out = np.zeros((count, image_size, image_size, 3), np.uint8)
+    shape = (count, image_size, image_size, 3)
+    out = np.zeros(shape, np.uint8) if allocate is None else allocate(shape)
     reasons: dict[int, str] = {}
 
     def store(positions: list[int], result: tuple[np.ndarray, list[str | None]]) -> None:
@@ -241,6 +247,9 @@ def decode_all(
             results = pool.map(_decode_chunk, blocks, [image_size] * len(blocks))
             for part, result in zip(parts, results):
                 store(positions[part], result)
+            if isinstance(out, np.memmap):  # written to the file: drop the pages from memory
+                out.flush()
+                release_pages(out)
             if reasons and on_corrupt == "error":
                 pos, reason = min(reasons.items())
                 raise SemsadError(
@@ -260,4 +269,11 @@ def decode_all(
     if not failures:
         return out, np.arange(count, dtype=np.int64)
     kept = np.setdiff1d(np.arange(count), [p for p, _ in failures]).astype(np.int64)
-    return out[kept], kept
+    if not isinstance(out, np.memmap):
+        return out[kept], kept
+    # Compact in place (kept is increasing, so every source row is at or after its destination).
+    for start in range(0, len(kept), 4096):
+        sources = kept[start : start + 4096]
+        out[start : start + len(sources)] = out[sources]
+    out.flush()
+    return out[: len(kept)], kept

@@ -7,11 +7,14 @@ Every source yields uint8 [N, image_size, image_size, 3]. Labels are only used b
 protocol splits, never for training. With ``classes=``, labels keep their original indices.
 
 Decoded sets are cached on disk (:mod:`semsad_jax.data.cache`), keyed by the spec string,
-image_size, on_corrupt and the files' size and mtime, so a second load takes seconds.
+image_size, on_corrupt and the files' size and mtime, so a second load takes seconds; with the cache
+on, the images of a loaded set are memory-mapped from it (pages read on demand).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import os
 import zipfile
@@ -54,6 +57,7 @@ def _load_files(
     on_corrupt: str,
     files: imagefiles.FileList,
     archive: archives.Archive | None = None,
+    allocate=None,
 ) -> ImageSet:
     keep = select_indices(spec, len(files.ids), files.labels, files.class_names)
     ids = files.ids if keep is None else [files.ids[i] for i in keep]
@@ -61,13 +65,16 @@ def _load_files(
     if spec.kind == "folder":
         root = spec.location
         items = ((pos, os.path.join(root, name)) for pos, name in enumerate(ids))
+        describe = lambda p: os.path.join(root, ids[p])
         images, kept = imagefiles.decode_all(
-            items, len(ids), image_size, lambda p: os.path.join(root, ids[p]), on_corrupt
+            items, len(ids), image_size, describe, on_corrupt, allocate
         )
     else:
         describe = lambda p: f"{spec.location}!{ids[p]}"
         items = archive.read_many(ids)
-        images, kept = imagefiles.decode_all(items, len(ids), image_size, describe, on_corrupt)
+        images, kept = imagefiles.decode_all(
+            items, len(ids), image_size, describe, on_corrupt, allocate
+        )
     if len(kept) < len(ids):
         ids = [ids[i] for i in kept]
         labels = None if labels is None else labels[kept]
@@ -223,23 +230,32 @@ def load_images(
         labels = entry.get("labels")
         names = [str(n) for n in entry["class_names"]] if "class_names" in entry else None
         return ImageSet(entry["images"], labels, names, parsed.text, entry["ids"].tolist())
-    if parsed.kind == "archive":
-        with archives.Archive(parsed.location) as archive:
-            files = archive.list_images(parsed.subdir)
-            loaded = _load_files(parsed, image_size, on_corrupt, files, archive)
-    elif files is not None:
-        loaded = _load_files(parsed, image_size, on_corrupt, files)
-    elif parsed.kind == "npz":
-        loaded = _load_npz(parsed, image_size)
-    elif parsed.kind == "sklearn":
-        loaded = _load_sklearn(parsed, image_size)
-    elif parsed.kind == "synthetic":
-        images = synthetic.synthetic_images(parsed.location)
-        loaded = _from_arrays(parsed, images, None, None, image_size)
-    else:
-        loaded = _load_tfds(parsed, image_size)
-    if not len(loaded):
-        raise SemsadError(f"data spec {spec!r} selects no images; loosen its query")
+    # Folders and archives decode straight into the cache's file: a set bigger than RAM works.
+    pending: list[str] = []
+    allocate = (lambda shape: _track(cache.new_images(path, shape), pending)) if path else None
+    try:
+        if parsed.kind == "archive":
+            with archives.Archive(parsed.location) as archive:
+                files = archive.list_images(parsed.subdir)
+                loaded = _load_files(parsed, image_size, on_corrupt, files, archive, allocate)
+        elif files is not None:
+            loaded = _load_files(parsed, image_size, on_corrupt, files, allocate=allocate)
+        elif parsed.kind == "npz":
+            loaded = _load_npz(parsed, image_size)
+        elif parsed.kind == "sklearn":
+            loaded = _load_sklearn(parsed, image_size)
+        elif parsed.kind == "synthetic":
+            images = synthetic.synthetic_images(parsed.location)
+            loaded = _from_arrays(parsed, images, None, None, image_size)
+        else:
+            loaded = _load_tfds(parsed, image_size)
+        if not len(loaded):
+            raise SemsadError(f"data spec {spec!r} selects no images; loosen its query")
+    except BaseException:
+        for name in pending:  # a decode that failed leaves no half-written file in the cache
+            with contextlib.suppress(OSError):
+                os.remove(name)
+        raise
     if path:
         arrays = {"images": loaded.images, "ids": np.asarray(loaded.ids, dtype=str)}
         if loaded.labels is not None:
@@ -247,4 +263,17 @@ def load_images(
         if loaded.class_names is not None:
             arrays["class_names"] = np.asarray(loaded.class_names, dtype=str)
         cache.write_cache(path, arrays)
+        # Train from the memory-mapped copy: the decoded one is freed.
+        entry = cache.read_cache(path)
+        if entry is not None:
+            loaded = dataclasses.replace(loaded, images=entry["images"])
+    for name in pending:  # not moved into the cache (it could not be written): drop the file
+        if os.path.exists(name):
+            loaded = dataclasses.replace(loaded, images=np.array(loaded.images))
+            os.remove(name)
     return loaded
+
+
+def _track(images: np.memmap, pending: list[str]) -> np.memmap:
+    pending.append(images.filename)
+    return images

@@ -57,6 +57,8 @@ def map_batched(
             batch.append(chunk)
         out = fn(*parallel.shard_batch(tuple(batch), mesh))
         outputs.append(parallel.to_host(out)[: stop - start])
+        for a in arrays:  # a memory-mapped set read chunk by chunk does not stay resident
+            parallel.release_pages(a)
     return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from semsad_jax.errors import SemsadError
-from semsad_jax.parallel import DATA_AXIS
+from semsad_jax.parallel import DATA_AXIS, put
 
 __all__ = [
     "l2_normalize",
@@ -223,7 +223,7 @@ def top_k_cosine(
     )
     query_sharding = out_sharding = None
     if mesh is not None:
-        bank_chunks = jax.device_put(bank_chunks, NamedSharding(mesh, PartitionSpec()))
+        bank_chunks = put(bank_chunks, NamedSharding(mesh, PartitionSpec()))
         query_sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS, None))
         out_sharding = NamedSharding(mesh, PartitionSpec())
 
@@ -234,9 +234,7 @@ def top_k_cosine(
             padding = block - query_rows.shape[0]
             query_rows = jnp.pad(jnp.asarray(query_rows), ((0, padding), (0, 0)))
         query_rows = (
-            jnp.asarray(query_rows)
-            if query_sharding is None
-            else jax.device_put(query_rows, query_sharding)
+            jnp.asarray(query_rows) if query_sharding is None else put(query_rows, query_sharding)
         )
         results.append(
             _block_top_k(

@@ -105,29 +105,15 @@ def pair_settings(cfg: Any) -> PairSettings:
     )
 
 
-def sample_pairs(
-    key: jax.Array,
-    images_u8: jax.Array,
-    neighbours: jax.Array,
-    batch_idx: jax.Array,
-    cfg: Any,
-    dtype: Any = jnp.float32,
+def sample_pair_indices(
+    key: jax.Array, neighbours: jax.Array, batch_idx: jax.Array, cfg: Any
 ) -> dict[str, jax.Array]:
-    """Positive and negative pairs for the discriminator (jit-able; see the module docstring).
+    """Which images each pair of :func:`sample_pairs` is made of (cheap: no image is read).
 
-    Args:
-      key: a PRNG key (e.g. ``fold_in(seed_key, step)``).
-      images_u8: uint8 [N, H, W, 3], all images (on the device).
-      neighbours: int [N, k], semantic neighbourhoods (row i never holds i).
-      batch_idx: int [B], B >= 2 distinct indices into ``images_u8``.
-      cfg: a ``discriminator`` config section or a :class:`PairSettings` (static under jit).
-      dtype: dtype of the returned views.
-    Returns:
-      dict of ``ref_pos``, ``partner_pos``, ``ref_neg``, ``partner_neg``: ``dtype`` [B, H, W, 3] in
-      [0, 1]; ``is_neighbour_pair``: bool [B] (exactly round(mu * B) True);
-      ``pos_partner_idx``: int32 [B], the image index of each positive partner (= batch_idx where not
-      a neighbour pair); ``neg_partner_idx``: int32 [B], the image index of each negative partner;
-      ``is_shifted_negative``: bool [B] (exactly round(shifted_negatives * B) True).
+    Args: as :func:`sample_pairs` (the same ``key``). Returns ``batch_idx``, ``pos_partner_idx``,
+    ``neg_partner_idx`` (int32 [B], before shifted negatives) and ``is_neighbour_pair`` (bool [B]).
+    Runs on the device with the small [N, k] neighbour table, or anywhere the host needs the rows
+    to gather (``data.placement=host``).
     """
     settings = pair_settings(cfg)
     batch_idx = jnp.asarray(batch_idx, jnp.int32)
@@ -148,9 +134,39 @@ def sample_pairs(
     # Negative partner: another row of the batch, never the same one.
     shift = jax.random.randint(keys[2], (batch,), 1, batch)
     neg_partner_idx = batch_idx[(jnp.arange(batch) + shift) % batch]
+    return {
+        "batch_idx": batch_idx,
+        "pos_partner_idx": partner_idx,
+        "neg_partner_idx": neg_partner_idx,
+        "is_neighbour_pair": is_nb,
+    }
 
-    x = images_u8[batch_idx]
-    partners = images_u8[partner_idx]
+
+ROW_SETS = ("batch_idx", "pos_partner_idx", "neg_partner_idx")  # the rows a batch of pairs reads
+
+
+def pair_rows(images_u8: jax.Array, indices: dict[str, jax.Array]) -> tuple[jax.Array, ...]:
+    """The uint8 rows :func:`build_pair_views` reads: images at each of :data:`ROW_SETS`."""
+    return tuple(images_u8[indices[name]] for name in ROW_SETS)
+
+
+def build_pair_views(
+    key: jax.Array,
+    rows: tuple[jax.Array, jax.Array, jax.Array],
+    indices: dict[str, jax.Array],
+    cfg: Any,
+    dtype: Any = jnp.float32,
+) -> dict[str, jax.Array]:
+    """The augmented pairs of :func:`sample_pairs` from gathered rows (:func:`pair_rows`).
+
+    ``key`` and ``indices`` as :func:`sample_pair_indices` got and gave; ``rows`` may have been
+    gathered on the device or on the host: the views are the same.
+    """
+    settings = pair_settings(cfg)
+    keys = jax.random.split(key, 8)
+    x, partners, negatives = rows
+    is_nb, neg_partner_idx = indices["is_neighbour_pair"], indices["neg_partner_idx"]
+    batch = x.shape[0]
     pos_spec, neg_spec = get_spec(settings.pos_augment), get_spec(settings.neg_augment)
     plain = is_nb[:, None, None, None]
     ref_pos = jnp.where(plain, to_float(x, dtype), augment_batch(keys[3], x, pos_spec, dtype=dtype))
@@ -161,15 +177,15 @@ def sample_pairs(
         ref_neg = ref_pos
     else:
         ref_neg = augment_batch(keys[5], x, neg_spec, dtype=dtype)
-    partner_neg = augment_batch(keys[6], images_u8[neg_partner_idx], neg_spec, dtype=dtype)
+    partner_neg = augment_batch(keys[6], negatives, neg_spec, dtype=dtype)
 
     # Extension: shifted copies of the image itself as negative partners.
     num_shifted = settings.num_shifted_negatives(batch)
     is_shifted = jnp.zeros((batch,), bool)
     if num_shifted:
         shift_keys = jax.random.split(keys[7], 3)
-        rows = jax.random.permutation(shift_keys[0], batch)[:num_shifted]
-        is_shifted = is_shifted.at[rows].set(True)
+        rows_shifted = jax.random.permutation(shift_keys[0], batch)[:num_shifted]
+        is_shifted = is_shifted.at[rows_shifted].set(True)
         view = augment_batch(shift_keys[1], x, pos_spec, dtype=dtype)
         shifted = shift_images(shift_keys[2], view)
         partner_neg = jnp.where(is_shifted[:, None, None, None], shifted, partner_neg)
@@ -178,7 +194,7 @@ def sample_pairs(
                 jax.random.fold_in(shift_keys[1], 1), x, pos_spec, dtype=dtype
             )
             ref_neg = jnp.where(is_shifted[:, None, None, None], ref_pos_view, ref_neg)
-        neg_partner_idx = jnp.where(is_shifted, batch_idx, neg_partner_idx)
+        neg_partner_idx = jnp.where(is_shifted, indices["batch_idx"], neg_partner_idx)
     return {
         "ref_pos": ref_pos,
         "partner_pos": partner_pos,
@@ -186,9 +202,39 @@ def sample_pairs(
         "partner_neg": partner_neg,
         "is_neighbour_pair": is_nb,
         "is_shifted_negative": is_shifted,
-        "pos_partner_idx": partner_idx,
+        "pos_partner_idx": indices["pos_partner_idx"],
         "neg_partner_idx": neg_partner_idx.astype(jnp.int32),
     }
+
+
+def sample_pairs(
+    key: jax.Array,
+    images_u8: jax.Array,
+    neighbours: jax.Array,
+    batch_idx: jax.Array,
+    cfg: Any,
+    dtype: Any = jnp.float32,
+) -> dict[str, jax.Array]:
+    """Positive and negative pairs for the discriminator (jit-able; see the module docstring).
+
+    :func:`sample_pair_indices`, :func:`pair_rows` and :func:`build_pair_views` in one.
+
+    Args:
+      key: a PRNG key (e.g. ``fold_in(seed_key, step)``).
+      images_u8: uint8 [N, H, W, 3], all images (on the device).
+      neighbours: int [N, k], semantic neighbourhoods (row i never holds i).
+      batch_idx: int [B], B >= 2 distinct indices into ``images_u8``.
+      cfg: a ``discriminator`` config section or a :class:`PairSettings` (static under jit).
+      dtype: dtype of the returned views.
+    Returns:
+      dict of ``ref_pos``, ``partner_pos``, ``ref_neg``, ``partner_neg``: ``dtype`` [B, H, W, 3] in
+      [0, 1]; ``is_neighbour_pair``: bool [B] (exactly round(mu * B) True);
+      ``pos_partner_idx``: int32 [B], the image index of each positive partner (= batch_idx where not
+      a neighbour pair); ``neg_partner_idx``: int32 [B], the image index of each negative partner;
+      ``is_shifted_negative``: bool [B] (exactly round(shifted_negatives * B) True).
+    """
+    indices = sample_pair_indices(key, neighbours, batch_idx, cfg)
+    return build_pair_views(key, pair_rows(images_u8, indices), indices, cfg, dtype)
 
 
 # The 23 non-identity permutations of the four quadrants of an image.

@@ -1,8 +1,9 @@
 """Stage 2: the pair discriminator s (``--mode=discriminator``).
 
 First the feature bank (:mod:`semsad_jax.workdir.bank`: h features, semantic neighbourhoods and
-images of the training set) is built or reused. The bank's images and neighbourhoods then live on
-the device (replicated, uint8); each step draws B distinct images from a per-pass permutation keyed
+images of the training set) is built or reused. The uint8 training images then live on every
+device (``data.placement=device``) or on the host, which sends each step's rows (``host``,
+:mod:`semsad_jax.parallel.feed`); the neighbourhoods live on every device. Each step draws B distinct images from a per-pass permutation keyed
 by ``fold_in(seed, pass)``, samples positive and negative pairs (:mod:`semsad_jax.method.pairs`) and
 gamma with keys from ``fold_in(seed, step)``, all inside one jitted, state-donating step, so a
 resumed run continues exactly as an uninterrupted one would.
@@ -22,12 +23,19 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from semsad_jax import parallel
 from semsad_jax.data.arrays import ImageSet
 from semsad_jax.method.losses import discriminator_loss, pair_score, sample_gamma
-from semsad_jax.method.pairs import pair_settings, sample_pairs, stack_pair
+from semsad_jax.method.pairs import (
+    ROW_SETS,
+    build_pair_views,
+    pair_settings,
+    sample_pair_indices,
+    stack_pair,
+)
 from semsad_jax.method.scoring import forward_pairs
 from semsad_jax.models.build import build, compute_dtype, model_stats
 from semsad_jax.train import step as steps
@@ -35,7 +43,13 @@ from semsad_jax.train.monitors import heldout_report
 from semsad_jax.train.stage import StageContext, StagePlan, run_stage
 from semsad_jax.workdir.bank import build_bank
 
-__all__ = ["make_train_step", "steps_per_epoch", "train_discriminator"]
+__all__ = [
+    "bound_train_step",
+    "make_train_step",
+    "row_indices",
+    "steps_per_epoch",
+    "train_discriminator",
+]
 
 log = logging.getLogger(__name__)
 STAGE = "discriminator"
@@ -48,14 +62,36 @@ def steps_per_epoch(section: Any, num_images: int) -> int:
     return int(section.steps_per_epoch) or num_images // int(section.batch_size)
 
 
-def make_train_step(setup: steps.StepSetup):
-    """The jitted step ``(state, images u8 [N,H,W,3], neighbours i32 [N,k], step) -> (state, metrics)``.
+def _pair_indices(setup: steps.StepSetup):
+    """``(step, root, neighbours) -> pair indices`` (:func:`method.pairs.sample_pair_indices`)."""
+    num_images, batch = setup.num_images, int(setup.section.batch_size)
+    settings = pair_settings(setup.section)
 
-    ``setup.section``: the ``discriminator`` config section. Images and neighbours are replicated;
-    the state is donated. Metrics: loss, s_pos, s_neg, gamma, finite (every parameter finite).
-    ``setup.tx`` must be ``make_optimizer(section, ...)``: steps are cached by everything but the
-    seed (graphdef, section, dtype, num_images, mesh, shardings), so a resumed or repeated run in
-    the same process, with any seed, does not compile again.
+    def at(step, root, neighbours):
+        idx = steps.batch_indices(jax.random.fold_in(root, 3), step, num_images, batch)
+        key = jax.random.fold_in(jax.random.fold_in(root, 4), step)
+        return sample_pair_indices(key, neighbours, idx, settings)
+
+    return at
+
+
+def row_indices(setup: steps.StepSetup):
+    """``(step, root, neighbours) -> (batch, positive partners, negative partners)`` indices."""
+    at = _pair_indices(setup)
+    return lambda step, root, neighbours: tuple(at(step, root, neighbours)[n] for n in ROW_SETS)
+
+
+def make_train_step(setup: steps.StepSetup):
+    """The jitted step ``(state, data, neighbours i32 [N,k], step) -> (state, metrics)``.
+
+    ``data``: with ``setup.placement == "device"`` the whole uint8 set [N,H,W,3] replicated; with
+    ``"host"`` the step's rows (batch, positive partners, negative partners: uint8 [B,H,W,3] each)
+    batch-sharded (:func:`steps.bind_data`). ``setup.section``: the ``discriminator`` config
+    section. Neighbours are replicated; the state is donated. Metrics: loss, s_pos, s_neg, gamma,
+    finite (every parameter finite). ``setup.tx`` must be ``make_optimizer(section, ...)``: steps
+    are cached by everything but the seed (graphdef, section, dtype, num_images, mesh, shardings,
+    placement), so a resumed or repeated run in the same process, with any seed, does not compile
+    again.
     """
     cache_key = _step_cache_key(setup)
     jitted = _STEP_CACHE.get(cache_key) if cache_key is not None else None
@@ -69,28 +105,29 @@ def make_train_step(setup: steps.StepSetup):
 
 
 def _compile_step(setup: steps.StepSetup):
-    """The jitted ``step_fn(state, images, neighbours, step, root_key)`` of make_train_step."""
-    graphdef, tx, section, num_images = setup.graphdef, setup.tx, setup.section, setup.num_images
-    dtype = compute_dtype(setup.dtype)
-    batch = int(section.batch_size)
+    """The jitted ``step_fn(state, data, neighbours, step, root_key)`` of make_train_step."""
+    graphdef, tx, section = setup.graphdef, setup.tx, setup.section
+    dtype, host = compute_dtype(setup.dtype), setup.placement == "host"
     settings = pair_settings(section)
     two_passes = section.norm == "batch_transductive"
     gamma_mode, gamma_max = section.gamma, float(section.gamma_max)
     sharded = parallel.batch_sharding(setup.mesh)
+    pair_indices_at = _pair_indices(setup)
 
-    def step_fn(state, images, neighbours, step, root):
-        data_key, pair_key, gamma_key = (jax.random.fold_in(root, i) for i in (3, 4, 5))
-        idx = steps.batch_indices(data_key, step, num_images, batch)
-        pairs = sample_pairs(
-            jax.random.fold_in(pair_key, step), images, neighbours, idx, settings, dtype
-        )
+    def step_fn(state, data, neighbours, step, root):
+        indices = pair_indices_at(step, root, neighbours)
+        rows = steps.take_rows(data, tuple(indices[n] for n in ROW_SETS), host)
+        key = jax.random.fold_in(jax.random.fold_in(root, 4), step)
+        pairs = build_pair_views(key, rows, indices, settings, dtype)
         pos = jax.lax.with_sharding_constraint(
             stack_pair(pairs["ref_pos"], pairs["partner_pos"]), sharded
         )
         neg = jax.lax.with_sharding_constraint(
             stack_pair(pairs["ref_neg"], pairs["partner_neg"]), sharded
         )
-        gamma = sample_gamma(jax.random.fold_in(gamma_key, step), gamma_mode, gamma_max)
+        gamma = sample_gamma(
+            jax.random.fold_in(jax.random.fold_in(root, 5), step), gamma_mode, gamma_max
+        )
 
         def loss_fn(params):
             model = nnx.merge(graphdef, params, state["batch_stats"])
@@ -107,12 +144,23 @@ def _compile_step(setup: steps.StepSetup):
     return steps.jit_step(step_fn, setup)
 
 
+def bound_train_step(setup: steps.StepSetup, images: np.ndarray, neighbours: np.ndarray):
+    """:func:`make_train_step` with the training images (for ``setup.placement``) and the
+    neighbour table bound: ``step(state, i) -> (state, metrics)`` (has ``close()``)."""
+    rows_at = row_indices(setup)
+    return steps.bind_data(make_train_step(setup), setup, images, rows_at, (neighbours,))
+
+
 def _step_cache_key(setup: steps.StepSetup) -> tuple | None:
     if not hasattr(setup.section, "to_dict"):
         return None
     leaves, treedef = jax.tree.flatten(setup.state_sharding)
     # Everything the step reads but the seed (an argument): the section's settings and the dtype.
-    settings = {"section": setup.section.to_dict(), "dtype": str(compute_dtype(setup.dtype))}
+    settings = {
+        "section": setup.section.to_dict(),
+        "dtype": str(compute_dtype(setup.dtype)),
+        "placement": setup.placement,
+    }
     text = json.dumps(settings, sort_keys=True, default=str)
     return (setup.graphdef, text, int(setup.num_images), setup.mesh, treedef, tuple(leaves))
 
@@ -156,10 +204,9 @@ def train_discriminator(
         mesh=ctx.mesh,
     )
 
-    def make_step(setup: steps.StepSetup):
-        images, neighbours = parallel.replicate((bank.images, bank.neighbours), ctx.mesh)
-        step = make_train_step(setup)
-        return lambda state, i: step(state, images, neighbours, i)
+    # The bank's images are the training images (its digest says so): gather from ``train.images``,
+    # which stays memory-mapped with data.placement=host.
+    make_step = lambda setup: bound_train_step(setup, train.images, bank.neighbours)
 
     def report(graphdef, state) -> dict:
         kw = dict(seed=ctx.seed, dtype=dtype, mesh=ctx.mesh)
@@ -184,6 +231,7 @@ def train_discriminator(
         images_per_step=2 * batch,
         num_train=len(train),
         make_step=make_step,
+        placement=parallel.resolve_placement(ctx.placement, train.images.nbytes),
         record={"encoder_digest": bank.meta["encoder_digest"]},
         report=report,
     )

@@ -1,8 +1,9 @@
 """Stage 1: the contrastive encoder h (``--mode=encoder``).
 
-The whole training set lives on the device as uint8 (replicated); each step draws its batch from a
-per-epoch permutation keyed by ``fold_in(seed, epoch)`` and augments two views with keys from
-``fold_in(seed, step)``, all inside one jitted, state-donating step. So a run is reproducible, and
+The uint8 training set lives on every device (``data.placement=device``) or on the host, which
+then sends each step's batch rows (``host``, :mod:`semsad_jax.parallel.feed`). Each step draws its
+batch from a per-epoch permutation keyed by ``fold_in(seed, epoch)`` and augments two views with
+keys from ``fold_in(seed, step)``, all inside one jitted, state-donating step. So a run is reproducible, and
 a resumed run continues exactly as an uninterrupted one would.
 """
 
@@ -13,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from semsad_jax import parallel
@@ -28,26 +30,37 @@ from semsad_jax.train.stage import StageContext, StagePlan, run_stage
 log = logging.getLogger(__name__)
 STAGE = "encoder"
 
-__all__ = ["make_train_step", "train_encoder"]
+__all__ = ["bound_train_step", "make_train_step", "row_indices", "train_encoder"]
+
+
+def row_indices(setup: steps.StepSetup):
+    """``(step, root) -> (batch indices,)``: the rows a step reads, in the step and on the host."""
+    num_images, batch = setup.num_images, int(setup.section.batch_size)
+    return lambda step, root: (
+        steps.batch_indices(jax.random.fold_in(root, 1), step, num_images, batch),
+    )
 
 
 def make_train_step(setup: steps.StepSetup):
-    """The jitted step ``(state, images_uint8 [N,H,W,3] replicated, step) -> (state, metrics)``.
+    """The jitted step ``(state, data, step) -> (state, metrics)``.
 
-    ``setup.section``: the ``encoder`` config section. The state is donated. Metrics: ``loss`` and
-    ``finite`` (the loss and every parameter finite).
+    ``data``: with ``setup.placement == "device"`` the whole uint8 set [N,H,W,3] replicated; with
+    ``"host"`` the step's batch rows ``(uint8 [B,H,W,3],)`` batch-sharded (see
+    :func:`steps.bind_data`). ``setup.section``: the ``encoder`` config section. The state is
+    donated. Metrics: ``loss`` and ``finite`` (the loss and every parameter finite).
     """
     graphdef, tx, section, mesh = setup.graphdef, setup.tx, setup.section, setup.mesh
-    num_images, dtype = setup.num_images, compute_dtype(setup.dtype)
+    dtype, host = compute_dtype(setup.dtype), setup.placement == "host"
     batch = int(section.batch_size)
     spec = get_spec(section.augment)
     loss_name, temperature = section.loss, float(section.temperature)
     sharded = parallel.batch_sharding(mesh)
+    rows_at = row_indices(setup)
 
-    def step_fn(state, images, step, root):
-        data_key, aug_key = jax.random.fold_in(root, 1), jax.random.fold_in(root, 2)
-        idx = steps.batch_indices(data_key, step, num_images, batch)
-        x = jax.lax.with_sharding_constraint(images[idx], sharded)
+    def step_fn(state, data, step, root):
+        aug_key = jax.random.fold_in(root, 2)
+        (x,) = steps.take_rows(data, rows_at(step, root), host)
+        x = jax.lax.with_sharding_constraint(x, sharded)
         key = jax.random.fold_in(aug_key, step)
         v1 = augment_batch(jax.random.fold_in(key, 0), x, spec, dtype=dtype)
         v2 = augment_batch(jax.random.fold_in(key, 1), x, spec, dtype=dtype)
@@ -64,6 +77,12 @@ def make_train_step(setup: steps.StepSetup):
         return new, {"loss": loss, "finite": finite}
 
     return steps.with_seed_key(steps.jit_step(step_fn, setup), setup.seed, mesh)
+
+
+def bound_train_step(setup: steps.StepSetup, images: np.ndarray):
+    """:func:`make_train_step` with the training images bound for ``setup.placement``:
+    ``step(state, i) -> (state, metrics)`` (:func:`steps.bind_data`; has ``close()``)."""
+    return steps.bind_data(make_train_step(setup), setup, images, row_indices(setup))
 
 
 def train_encoder(
@@ -90,10 +109,7 @@ def train_encoder(
     steps.check_batch_size(batch, len(train), ctx.mesh, "encoder.batch_size")
     dtype = compute_dtype(ctx.dtype)
 
-    def make_step(setup: steps.StepSetup):
-        images = parallel.replicate(train.images, ctx.mesh)
-        step = make_train_step(setup)
-        return lambda state, i: step(state, images, i)
+    make_step = lambda setup: bound_train_step(setup, train.images)
 
     def knn(graphdef, state) -> dict:
         kw = dict(batch_size=feature_batch_size, dtype=dtype, mesh=ctx.mesh)
@@ -124,6 +140,7 @@ def train_encoder(
         images_per_step=2 * batch,
         num_train=len(train),
         make_step=make_step,
+        placement=parallel.resolve_placement(ctx.placement, train.images.nbytes),
         on_epoch_end=on_epoch_end,
         report=report,
     )

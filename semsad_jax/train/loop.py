@@ -20,7 +20,8 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
 
 from semsad_jax.errors import SemsadError
 from semsad_jax.train.logs import MetricsWriter, Progress
@@ -33,17 +34,30 @@ __all__ = ["Interrupted", "TrainState", "resume", "run_loop"]
 
 
 class _StopRequest:
-    """Turns SIGTERM / SIGINT into a flag the loop checks after each step."""
+    """Turns SIGTERM / SIGINT into a flag the loop checks after each step.
+
+    Several processes must stop at the SAME step (the checkpoint is saved by all of them), so
+    there the decision is JAX's preemption sync point: a SIGTERM to any process (a cluster's
+    preemption notice) makes every process stop at one agreed step. Ctrl-C there is not caught:
+    the process leaves at once and the others follow (the last periodic checkpoint stays).
+    """
 
     def __init__(self):
         self.signal: int | None = None
         self._old: dict = {}
+        self._together = jax.process_count() > 1
 
     def __enter__(self) -> _StopRequest:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in () if self._together else (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(ValueError):  # not the main thread: no handler
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
+
+    def check(self, step: int) -> int | None:
+        """The signal to stop on after ``step``, or None."""
+        if self._together and multihost_utils.reached_preemption_sync_point(step):
+            self.signal = signal.SIGTERM
+        return self.signal
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signal is not None:  # second Ctrl-C: give up at once
@@ -107,8 +121,9 @@ def run_loop(
     step = start_step
     with _StopRequest() as stop:
         while step < total_steps:
-            state, metrics = train_step(state, jnp.asarray(step, jnp.int32))
+            state, metrics = train_step(state, np.int32(step))
             step += 1
+            stop.check(step)
             is_save = step % checkpoint_every == 0 or step == total_steps
             if (
                 step % log_every == 0

@@ -43,7 +43,8 @@ class StageContext:
     Attributes:
       workdir: the run's workdir; mesh: the device mesh; seed and dtype: ``config.seed`` and
       ``config.dtype``; progress / tensorboard: ``config.progress`` / ``config.tensorboard``;
-      overwrite: ``--overwrite`` (retrain a finished stage, the old one moved aside).
+      overwrite: ``--overwrite`` (retrain a finished stage, the old one moved aside);
+      placement: ``data.placement``, where the training set lives (device, host or auto).
     """
 
     workdir: Workdir
@@ -53,6 +54,7 @@ class StageContext:
     progress: bool = True
     tensorboard: bool = False
     overwrite: bool = False
+    placement: str = "auto"
 
 
 StepFn = Callable[[TrainState, jax.Array], tuple[TrainState, dict]]
@@ -70,7 +72,8 @@ class StagePlan:
       build: a fresh model with initial parameters.
       steps_per_epoch, images_per_step, num_train: sizes, for the schedule and the logs.
       make_step: ``StepSetup -> step(state, step) -> (state, metrics)``: the stage's jitted step
-        with its data bound.
+        with its data bound (:func:`train.step.bind_data`; its ``close()`` is called at the end).
+      placement: "device" or "host", where the training set lives (resolved ``data.placement``).
       record: extra stage.json fields that must also match to reuse the stage (e.g. the digest of
         the encoder the discriminator was trained on).
       on_epoch_end: ``(epoch, graphdef, state) -> metrics`` written to metrics.jsonl, or None.
@@ -85,6 +88,7 @@ class StagePlan:
     images_per_step: int
     num_train: int
     make_step: Callable[[StepSetup], StepFn]
+    placement: str = "device"
     record: dict = dataclasses.field(default_factory=dict)
     on_epoch_end: Callable[[int, nnx.GraphDef, TrainState], dict] | None = None
     report: Callable[[nnx.GraphDef, TrainState], dict] | None = None
@@ -129,27 +133,31 @@ def run_stage(plan: StagePlan, ctx: StageContext) -> dict:
         mesh=ctx.mesh,
         seed=ctx.seed,
         dtype=compute_dtype(ctx.dtype),
+        placement=plan.placement,
     )
     step_fn = plan.make_step(setup)
     on_epoch_end = None
     if plan.on_epoch_end is not None:
         on_epoch_end = lambda epoch, st: plan.on_epoch_end(epoch, graphdef, st)
     t0 = time.time()
-    state = run_loop(
-        name=plan.name,
-        train_step=step_fn,
-        state=state,
-        start_step=start,
-        total_steps=total,
-        steps_per_epoch=plan.steps_per_epoch,
-        images_per_step=plan.images_per_step,
-        checkpoints=checkpoints,
-        writer=MetricsWriter(wd.metrics_jsonl(plan.name), ctx.tensorboard),
-        log_every=int(section.log_every_steps),
-        checkpoint_every=int(section.checkpoint_every_steps),
-        progress=ctx.progress,
-        on_epoch_end=on_epoch_end,
-    )
+    try:
+        state = run_loop(
+            name=plan.name,
+            train_step=step_fn,
+            state=state,
+            start_step=start,
+            total_steps=total,
+            steps_per_epoch=plan.steps_per_epoch,
+            images_per_step=plan.images_per_step,
+            checkpoints=checkpoints,
+            writer=MetricsWriter(wd.metrics_jsonl(plan.name), ctx.tensorboard),
+            log_every=int(section.log_every_steps),
+            checkpoint_every=int(section.checkpoint_every_steps),
+            progress=ctx.progress,
+            on_epoch_end=on_epoch_end,
+        )
+    finally:
+        getattr(step_fn, "close", lambda: None)()
     checkpoints.close()
     summary = {
         **base,

@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh
@@ -26,10 +27,12 @@ from semsad_jax.train.optim import make_optimizer
 __all__ = [
     "StepSetup",
     "batch_indices",
+    "bind_data",
     "check_batch_size",
     "gradient_step",
     "init_state",
     "jit_step",
+    "take_rows",
     "tree_is_finite",
     "with_seed_key",
 ]
@@ -44,7 +47,8 @@ class StepSetup:
       {"params", "batch_stats", "opt_state"} (replicated over ``mesh``); section: the stage's
       config section; num_images: training images the batches are drawn from; mesh: the device
       mesh; seed: the run's seed (an argument of the compiled step, see :func:`with_seed_key`);
-      dtype: the compute dtype.
+      dtype: the compute dtype; placement: where the training set lives, "device" or "host"
+      (resolved from ``data.placement``, see :mod:`semsad_jax.parallel.feed`).
     """
 
     graphdef: nnx.GraphDef
@@ -55,6 +59,7 @@ class StepSetup:
     mesh: Mesh
     seed: int = 0
     dtype: Any = "float32"
+    placement: str = "device"
 
 
 def batch_indices(key: jax.Array, step: jax.Array, num_images: int, batch: int) -> jax.Array:
@@ -67,6 +72,44 @@ def batch_indices(key: jax.Array, step: jax.Array, num_images: int, batch: int) 
     data_pass, within = step // per_pass, step % per_pass
     order = jax.random.permutation(jax.random.fold_in(key, data_pass), num_images)
     return jax.lax.dynamic_slice(order, (within * batch,), (batch,))
+
+
+def take_rows(data: Any, indices: tuple[jax.Array, ...], host: bool) -> tuple[jax.Array, ...]:
+    """The step's batch rows at ``indices``: gathered from the whole set ``data`` (on the device),
+    or ``data`` itself with ``host`` (the rows the host gathered at the same indices)."""
+    return tuple(data) if host else tuple(data[i] for i in indices)
+
+
+def bind_data(
+    step: Callable,
+    setup: StepSetup,
+    images: np.ndarray,
+    row_indices: Callable[..., tuple[jax.Array, ...]],
+    extra: tuple = (),
+) -> Callable:
+    """``step(state, data, *extra, i)`` as ``train_step(state, i)`` with its data bound.
+
+    ``setup.placement == "device"``: ``data`` = ``images`` replicated on every device, once.
+    ``"host"``: ``data`` = the rows at ``row_indices(i, root_key, *extra)`` (the function the jitted
+    step also calls), gathered from ``images`` on the host by a :class:`parallel.HostFeed`, one step
+    ahead. ``extra`` (host arrays, e.g. the neighbour table) is replicated on every device. The
+    returned function has ``close()`` (stops the feed's thread).
+    """
+    on_devices = parallel.replicate(tuple(extra), setup.mesh)
+    if setup.placement != "host":
+        data = parallel.replicate(images, setup.mesh)
+        bound = lambda state, i: step(state, data, *on_devices, i)
+        bound.close = lambda: None
+        return bound
+    local = jax.local_devices()[0]  # every process computes the same indices on its own device
+    root = jax.device_put(jax.random.key(int(setup.seed)), local)
+    local_extra = tuple(jax.device_put(np.asarray(x), local) for x in extra)
+    rows_at = jax.jit(row_indices)
+    indices = lambda i: tuple(np.asarray(a) for a in rows_at(np.int32(i), root, *local_extra))
+    feed = parallel.HostFeed(images, indices, setup.mesh)
+    bound = lambda state, i: step(state, feed(int(i)), *on_devices, i)
+    bound.close = feed.close
+    return bound
 
 
 def tree_is_finite(tree: Any) -> jax.Array:
@@ -119,7 +162,7 @@ def with_seed_key(jitted: Callable, seed: int, mesh: Mesh) -> Callable:
     The seed's key is an argument of the compiled step, not a constant in it: runs with other
     seeds reuse the same program (in process, and through JAX's persistent compilation cache).
     """
-    root = jax.device_put(jax.random.key(int(seed)), parallel.replicated(mesh))
+    root = parallel.put(jax.random.key(int(seed)), parallel.replicated(mesh))
     return lambda *args: jitted(*args, root)
 
 

@@ -40,6 +40,7 @@ from semsad_jax.workdir.layout import Workdir, as_workdir
 
 log = logging.getLogger(__name__)
 BANK_FORMAT = 1
+_DIGEST_CHUNK_BYTES = 64 << 20
 _DTYPES = {"features": "float32", "neighbours": "int32", "images": "uint8", "labels": "int32"}
 
 
@@ -66,12 +67,19 @@ class Bank:
 
 
 def tree_digest(tree: Any) -> str:
-    """A short hex digest of the shapes, dtypes and bytes of every leaf of ``tree`` (host arrays)."""
+    """A short hex digest of the shapes, dtypes and bytes of every leaf of ``tree``.
+
+    Leaves are host arrays (read in chunks, so a memory-mapped set is never copied whole) or jax
+    arrays (fetched with :func:`parallel.to_host`).
+    """
     h = hashlib.blake2b(digest_size=8)
     for leaf in jax.tree.leaves(parallel.to_host(tree)):
-        leaf = np.ascontiguousarray(leaf)
         h.update(f"{leaf.shape}{leaf.dtype}".encode())
-        h.update(leaf.tobytes())
+        flat = np.ascontiguousarray(leaf).reshape(-1)
+        step = max(1, _DIGEST_CHUNK_BYTES // max(flat.itemsize, 1))
+        for start in range(0, flat.size, step):
+            h.update(flat[start : start + step].tobytes())
+        parallel.release_pages(leaf)
     return h.hexdigest()
 
 
@@ -206,6 +214,7 @@ def save_bank(workdir: str | Workdir, bank: Bank) -> None:
     os.makedirs(wd.bank_dir, exist_ok=True)
     if jax.process_index() == 0 and os.path.exists(wd.bank_json):
         os.remove(wd.bank_json)  # the arrays are about to change: the old description is void
+    parallel.sync(f"remove {wd.bank_json}")
     wd.forget(wd.bank_json)
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(wd.bank_arrays, _arrays(bank), force=True)

@@ -13,6 +13,9 @@ be read, nothing is moved and the restore stops with a clear error. A checkpoint
 or dtypes differ from the model being restored is refused (never moved, never overwritten). The
 unfinished save of a run killed while saving (``<step>.orbax-checkpoint-tmp``) is reported and
 moved aside to ``unfinished-<step>-<time>`` before the first save of the next run.
+
+Several processes: every process calls save and restore (Orbax writes one checkpoint together and
+synchronises them); the moves aside are process 0's, followed by a barrier.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from semsad_jax import parallel
 from semsad_jax.errors import SemsadError
 
 log = logging.getLogger(__name__)
@@ -175,13 +179,12 @@ class StageCheckpoints:
         )
         if jax.process_index() == 0 and os.path.exists(src):
             os.replace(src, dst)
+        parallel.sync(f"set aside {src}")  # the other processes reload after process 0 moved it
         self._manager.reload()
 
     def _set_aside_unfinished(self) -> None:
         """Moves the temporary directories of saves that never finished (process killed) aside."""
-        if jax.process_index() != 0:
-            return
-        for name in sorted(os.listdir(self.directory)):
+        for name in sorted(os.listdir(self.directory)) if jax.process_index() == 0 else []:
             if _TMP_SUFFIX not in name:
                 continue
             src = os.path.join(self.directory, name)
@@ -193,6 +196,7 @@ class StageCheckpoints:
                 dst,
             )
             os.replace(src, dst)
+        parallel.sync(f"set aside unfinished saves in {self.directory}")
 
 
 def _free_name(path: str) -> str:

@@ -90,6 +90,8 @@ def get_config() -> ml_collections.ConfigDict:
     # Extension (0 = the paper): this fraction of negatives pairs x with a rotated / quadrant-
     # permuted copy of itself, so "same low-level statistics" stops being a cue for "positive".
     s.shifted_negatives = 0.0
+    # Ablation (False = the paper, App. D): neighbour pairs through pos_augment too.
+    s.neighbour_augment = False
     s.pos_augment = "t_pos"
     s.neg_augment = "t_neg"
     s.gamma = "uniform"  # "uniform" (paper: U(1, 10)) or "integer" (authors': 1..9).

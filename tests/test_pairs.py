@@ -1,5 +1,7 @@
 """Pair sampler: counts, partners, no self-negatives, determinism, both variants (no model needed)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -68,6 +70,14 @@ def test_counts_partners_shapes_and_determinism(data, variant):
         assert not np.allclose(np.asarray(out["ref_neg"]), np.asarray(out["ref_pos"]), atol=1e-3)
         assert not np.allclose(np.asarray(out["ref_neg"]), x, atol=1e-3)
     assert not np.asarray(out["is_shifted_negative"]).any()  # off by default (the paper)
+    # ablation: neighbour pairs through t_pos like the others (the same key: only those rows move)
+    cfg_aug = dataclasses.replace(cfg, neighbour_augment=True)
+    aug = sample(jax.random.key(1), images, neighbours, batch_idx, cfg_aug, jnp.float32)
+    assert not np.allclose(np.asarray(aug["ref_pos"])[is_nb], x[is_nb], atol=1e-3)
+    np.testing.assert_array_equal(np.asarray(aug["is_neighbour_pair"]), is_nb)
+    np.testing.assert_array_equal(
+        np.asarray(aug["ref_pos"])[~is_nb], np.asarray(out["ref_pos"])[~is_nb]
+    )
 
 
 def test_paper_negatives_use_t_neg_on_both_images(data):

@@ -23,13 +23,13 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from semsad_jax import parallel
 from semsad_jax.data.arrays import images_from_array
 from semsad_jax.errors import SemsadError
 from semsad_jax.method.features import compute_features
 from semsad_jax.method.neighbours import top_k_cosine
 from semsad_jax.method.scoring import discriminator_scores
 from semsad_jax.models.build import compute_dtype
+from semsad_jax.parallel.mesh import make_mesh
 from semsad_jax.workdir.bank import load_bank
 from semsad_jax.workdir.layout import ConfigView, Workdir, as_workdir, run_identities
 from semsad_jax.workdir.restore import check_bank_matches, restore_network
@@ -102,7 +102,7 @@ class Detector:
         wd = as_workdir(workdir)
         wd.check_trained()
         check_bank_matches(wd)
-        mesh = mesh or parallel.make_mesh()
+        mesh = mesh or make_mesh()
         identities = run_identities(config)
         restore = lambda stage: restore_network(
             wd, stage, config[stage], identities[stage], dtype=config.dtype, mesh=mesh
@@ -112,7 +112,7 @@ class Detector:
         return cls(config, encoder, discriminator, bank, wd.threshold(), mesh, wd.path)
 
     def __post_init__(self) -> None:
-        self.mesh = self.mesh or parallel.make_mesh()
+        self.mesh = self.mesh or make_mesh()
 
     @property
     def image_size(self) -> int:
@@ -231,4 +231,4 @@ class Detector:
 
 
 def _one_device() -> Mesh:
-    return parallel.make_mesh(jax.local_devices()[:1])
+    return make_mesh(jax.local_devices()[:1])

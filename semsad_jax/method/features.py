@@ -16,9 +16,9 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from semsad_jax import parallel
 from semsad_jax.augment.apply import to_float
 from semsad_jax.errors import SemsadError
+from semsad_jax.parallel.mesh import release_pages, shard_batch, to_host
 
 
 def padded_batches(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -55,10 +55,10 @@ def map_batched(
                 pad = np.repeat(chunk[-1:], batch_size - (stop - start), axis=0)
                 chunk = np.concatenate([chunk, pad])
             batch.append(chunk)
-        out = fn(*parallel.shard_batch(tuple(batch), mesh))
-        outputs.append(parallel.to_host(out)[: stop - start])
+        out = fn(*shard_batch(tuple(batch), mesh))
+        outputs.append(to_host(out)[: stop - start])
         for a in arrays:  # a memory-mapped set read chunk by chunk does not stay resident
-            parallel.release_pages(a)
+            release_pages(a)
     return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from semsad_jax.errors import SemsadError
-from semsad_jax.parallel import DATA_AXIS, put
+from semsad_jax.parallel.mesh import DATA_AXIS, put
 
 __all__ = [
     "l2_normalize",

@@ -8,6 +8,8 @@ For a batch of B distinct image indices ``batch_idx`` (row i holds image x_i):
   are NOT transformed: (x_i, n) as they are (paper App. D: "for augmentation with semantically
   similar pairs from the training set there is no transformation applied on positive pairs"; the
   authors' code does the same), which is exactly what the detector sees at test time.
+  ``neighbour_augment=True`` (ablation only: what this library did before it followed App. D) puts
+  them through ``pos_augment`` like the other positives.
 * Negative pairs ``(ref_neg[i], partner_neg[i])``: x_i against ``x_j`` with
   ``j = batch_idx[(i + r_i) % B]``, ``r_i`` uniform in 1..B-1, so a negative never pairs an image
   index with itself (``neg_partner_idx`` = j).
@@ -60,6 +62,7 @@ class PairSettings:
     pos_augment: str | AugmentSpec = "t_pos"  # preset name or spec (see augment.PRESETS)
     neg_augment: str | AugmentSpec = "t_neg"
     shifted_negatives: float = 0.0  # extension: fraction of negatives that are shifted copies
+    neighbour_augment: bool = False  # ablation: neighbour pairs through pos_augment (not the paper)
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -102,6 +105,7 @@ def pair_settings(cfg: Any) -> PairSettings:
         pos_augment=str(cfg.get("pos_augment", default.pos_augment)),
         neg_augment=neg,
         shifted_negatives=float(cfg.get("shifted_negatives", default.shifted_negatives)),
+        neighbour_augment=bool(cfg.get("neighbour_augment", default.neighbour_augment)),
     )
 
 
@@ -168,7 +172,7 @@ def build_pair_views(
     is_nb, neg_partner_idx = indices["is_neighbour_pair"], indices["neg_partner_idx"]
     batch = x.shape[0]
     pos_spec, neg_spec = get_spec(settings.pos_augment), get_spec(settings.neg_augment)
-    plain = is_nb[:, None, None, None]
+    plain = is_nb[:, None, None, None] & (not settings.neighbour_augment)
     ref_pos = jnp.where(plain, to_float(x, dtype), augment_batch(keys[3], x, pos_spec, dtype=dtype))
     partner_pos = jnp.where(
         plain, to_float(partners, dtype), augment_batch(keys[4], partners, pos_spec, dtype=dtype)

@@ -11,7 +11,6 @@ from semsad_jax.parallel.feed import (
     PLACEMENTS,
     HostFeed,
     device_memory,
-    release_pages,
     resolve_placement,
 )
 from semsad_jax.parallel.launch import (
@@ -32,6 +31,7 @@ from semsad_jax.parallel.mesh import (
     make_mesh,
     put,
     read_rows,
+    release_pages,
     replicate,
     replicated,
     shard_batch,

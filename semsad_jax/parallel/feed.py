@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import mmap
 import os
 from collections.abc import Callable, Sequence
 
@@ -82,20 +81,6 @@ def resolve_placement(placement: str, nbytes: int, devices: Sequence | None = No
         chosen,
     )
     return chosen
-
-
-def release_pages(images: np.ndarray) -> None:
-    """Drops the pages of a memory-mapped ``images`` from this process's resident memory.
-
-    They stay in the OS page cache (a re-read is cheap) but no longer count as the process's
-    memory: for code that reads a whole mapped set through the mapping (the bank's digest and
-    features), call it after each chunk. No-op for in-memory arrays.
-    """
-    base = images
-    while base is not None and not isinstance(base, mmap.mmap):
-        base = getattr(base, "base", None)
-    if isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
-        base.madvise(mmap.MADV_DONTNEED)
 
 
 class HostFeed:

@@ -82,6 +82,20 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
     return _place(batch, batch_sharding(mesh))
 
 
+def release_pages(images: np.ndarray) -> None:
+    """Drops the pages of a memory-mapped ``images`` from this process's resident memory.
+
+    They stay in the OS page cache (a re-read is cheap) but no longer count as the process's
+    memory: for code that reads a whole mapped set through the mapping (the bank's digest and
+    features), call it after each chunk. No-op for in-memory arrays.
+    """
+    base = images
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "base", None)
+    if isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        base.madvise(mmap.MADV_DONTNEED)
+
+
 def _file_rows(images: np.ndarray) -> tuple[str, int, int] | None:
     """(file, byte offset of row 0, bytes per row) of a C-contiguous memory-mapped array, or None."""
     if not isinstance(images, np.memmap) or not images.filename or not images.flags.c_contiguous:

@@ -31,11 +31,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
-from semsad_jax import parallel
 from semsad_jax.data.arrays import ImageSet
 from semsad_jax.errors import SemsadError
 from semsad_jax.method.features import compute_features
 from semsad_jax.method.neighbours import label_neighbourhoods, pooled_neighbourhoods
+from semsad_jax.parallel.launch import sync
+from semsad_jax.parallel.mesh import make_mesh, release_pages, to_host
 from semsad_jax.workdir.layout import Workdir, as_workdir
 
 log = logging.getLogger(__name__)
@@ -70,16 +71,16 @@ def tree_digest(tree: Any) -> str:
     """A short hex digest of the shapes, dtypes and bytes of every leaf of ``tree``.
 
     Leaves are host arrays (read in chunks, so a memory-mapped set is never copied whole) or jax
-    arrays (fetched with :func:`parallel.to_host`).
+    arrays (fetched with :func:`to_host`).
     """
     h = hashlib.blake2b(digest_size=8)
-    for leaf in jax.tree.leaves(parallel.to_host(tree)):
+    for leaf in jax.tree.leaves(to_host(tree)):
         h.update(f"{leaf.shape}{leaf.dtype}".encode())
         flat = np.ascontiguousarray(leaf).reshape(-1)
         step = max(1, _DIGEST_CHUNK_BYTES // max(flat.itemsize, 1))
         for start in range(0, flat.size, step):
             h.update(flat[start : start + step].tobytes())
-        parallel.release_pages(leaf)
+        release_pages(leaf)
     return h.hexdigest()
 
 
@@ -141,7 +142,7 @@ def build_bank(
       encoder_identity: recorded in bank.json for provenance.
     """
     wd = as_workdir(workdir)
-    mesh = mesh or parallel.make_mesh()
+    mesh = mesh or make_mesh()
     k = int(section.neighbours)
     if not 1 <= k < len(train):
         raise SemsadError(
@@ -214,7 +215,7 @@ def save_bank(workdir: str | Workdir, bank: Bank) -> None:
     os.makedirs(wd.bank_dir, exist_ok=True)
     if jax.process_index() == 0 and os.path.exists(wd.bank_json):
         os.remove(wd.bank_json)  # the arrays are about to change: the old description is void
-    parallel.sync(f"remove {wd.bank_json}")
+    sync(f"remove {wd.bank_json}")
     wd.forget(wd.bank_json)
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(wd.bank_arrays, _arrays(bank), force=True)

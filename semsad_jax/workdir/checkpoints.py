@@ -29,8 +29,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from semsad_jax import parallel
 from semsad_jax.errors import SemsadError
+from semsad_jax.parallel.launch import sync
 
 log = logging.getLogger(__name__)
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"
@@ -179,7 +179,7 @@ class StageCheckpoints:
         )
         if jax.process_index() == 0 and os.path.exists(src):
             os.replace(src, dst)
-        parallel.sync(f"set aside {src}")  # the other processes reload after process 0 moved it
+        sync(f"set aside {src}")  # the other processes reload after process 0 moved it
         self._manager.reload()
 
     def _set_aside_unfinished(self) -> None:
@@ -196,7 +196,7 @@ class StageCheckpoints:
                 dst,
             )
             os.replace(src, dst)
-        parallel.sync(f"set aside unfinished saves in {self.directory}")
+        sync(f"set aside unfinished saves in {self.directory}")
 
 
 def _free_name(path: str) -> str:

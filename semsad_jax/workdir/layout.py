@@ -29,8 +29,8 @@ from typing import Any
 
 import jax
 
-from semsad_jax import parallel
 from semsad_jax.errors import SemsadError
+from semsad_jax.parallel.launch import sync
 from semsad_jax.workdir.lock import WorkdirLock
 
 log = logging.getLogger(__name__)
@@ -305,7 +305,7 @@ class Workdir:
             if self.stage_meta(stage) is not None or os.path.isdir(self.stage_dir(stage)):
                 move_aside(self.stage_dir(stage))
                 self.forget(self.stage_json(stage))
-            parallel.sync(f"overwrite {self.stage_dir(stage)}")  # every process, moved or not
+            sync(f"overwrite {self.stage_dir(stage)}")  # every process, moved or not
             return None
         return self.check_identity(stage, identity)
 

@@ -13,9 +13,9 @@ import jax
 from flax import nnx
 from jax.sharding import Mesh
 
-from semsad_jax import parallel
 from semsad_jax.errors import SemsadError
 from semsad_jax.models.build import build, split_model
+from semsad_jax.parallel.mesh import make_mesh, replicated
 from semsad_jax.workdir.checkpoints import StageCheckpoints
 from semsad_jax.workdir.layout import Workdir, as_workdir
 
@@ -26,7 +26,7 @@ def abstract_network(kind: str, section: Any, dtype: Any, mesh: Mesh) -> tuple:
     """(graphdef, params, batch_stats) of ``kind`` as replicated ShapeDtypeStructs (nothing computed)."""
     model = nnx.eval_shape(lambda: build(kind, section, seed=0, dtype=dtype))
     graphdef, params, stats = split_model(model)
-    sharding = parallel.replicated(mesh)
+    sharding = replicated(mesh)
     as_abstract = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
     return graphdef, jax.tree.map(as_abstract, params), jax.tree.map(as_abstract, stats)
 
@@ -51,7 +51,7 @@ def restore_network(
     or its checkpoint is missing.
     """
     wd = as_workdir(workdir)
-    mesh = mesh or parallel.make_mesh()
+    mesh = mesh or make_mesh()
     meta = wd.check_identity(stage, identity, hint=hint)
     if not (meta and meta.get("finished")):
         raise SemsadError(

@@ -327,7 +327,10 @@ def test_quality_overrides_reach_the_config():
     config = cifar10_quality.make_config(budget, protos["class_split"], 0, "batch", extra)
     assert config.discriminator.mu == 0.25 and config.eval.tpr == 0.9
     assert config.discriminator.neighbourhood == "labels"
-    assert config.eval.ood.far_text == "synthetic:text?limit=1000"
+    assert config.eval.ood.far_text == f"synthetic:text?limit={budget.far_limit}"
+    for key, value in budget.overrides:  # the budget's recipe, applied before --set
+        section, name = key.split(".")
+        assert config[section][name] == value
     with pytest.raises(SystemExit, match="no such field"):
         cifar10_quality.make_config(budget, protos["class_split"], 0, "batch", [("eval.nope", 1)])
 

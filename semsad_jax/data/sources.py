@@ -66,15 +66,12 @@ def _load_files(
         root = spec.location
         items = ((pos, os.path.join(root, name)) for pos, name in enumerate(ids))
         describe = lambda p: os.path.join(root, ids[p])
-        images, kept = imagefiles.decode_all(
-            items, len(ids), image_size, describe, on_corrupt, allocate
-        )
     else:
-        describe = lambda p: f"{spec.location}!{ids[p]}"
         items = archive.read_many(ids)
-        images, kept = imagefiles.decode_all(
-            items, len(ids), image_size, describe, on_corrupt, allocate
-        )
+        describe = lambda p: f"{spec.location}!{ids[p]}"
+    images, kept = imagefiles.decode_all(
+        items, len(ids), image_size, describe, on_corrupt, allocate
+    )
     if len(kept) < len(ids):
         ids = [ids[i] for i in kept]
         labels = None if labels is None else labels[kept]

@@ -5,9 +5,10 @@ A process blocked in a collective usually learns at once that a peer is gone (gl
 failure never reaches it. JAX's own heartbeat then aborts every process with a multi-line fatal
 error after ``SEMSAD_HEARTBEAT_TIMEOUT`` seconds. :class:`Liveness` gets there first: each process
 stamps a counter under ``semsad/alive/<i>`` in the coordination service's key-value store every
-second; when a peer's counter has not moved for half the heartbeat timeout and the peer did not say
-it finished (``semsad/done/<i>``, at a normal exit), the process prints ``error: lost process i
-...`` and leaves. Counters, not clocks: hosts need not agree on the time.
+second; when a peer's counter has not moved for ``stale_s`` (``parallel.launch`` passes
+``LIVENESS_FRACTION`` = 0.6 of the heartbeat timeout) and the peer did not say it finished
+(``semsad/done/<i>``, at a normal exit), the process prints ``error: lost process i ...`` and
+leaves. Counters, not clocks: hosts need not agree on the time.
 """
 
 from __future__ import annotations

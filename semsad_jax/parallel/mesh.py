@@ -82,6 +82,14 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
     return _place(batch, batch_sharding(mesh))
 
 
+def _mapping(images: np.ndarray) -> mmap.mmap | None:
+    """The ``mmap`` an array (or a view of one) reads from, or None for an in-memory array."""
+    base = images
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "base", None)
+    return base
+
+
 def release_pages(images: np.ndarray) -> None:
     """Drops the pages of a memory-mapped ``images`` from this process's resident memory.
 
@@ -89,10 +97,8 @@ def release_pages(images: np.ndarray) -> None:
     memory: for code that reads a whole mapped set through the mapping (the bank's digest and
     features), call it after each chunk. No-op for in-memory arrays.
     """
-    base = images
-    while base is not None and not isinstance(base, mmap.mmap):
-        base = getattr(base, "base", None)
-    if isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+    base = _mapping(images)
+    if base is not None and hasattr(mmap, "MADV_DONTNEED"):
         base.madvise(mmap.MADV_DONTNEED)
 
 
@@ -100,9 +106,7 @@ def _file_rows(images: np.ndarray) -> tuple[str, int, int] | None:
     """(file, byte offset of row 0, bytes per row) of a C-contiguous memory-mapped array, or None."""
     if not isinstance(images, np.memmap) or not images.filename or not images.flags.c_contiguous:
         return None
-    base = images.base
-    while base is not None and not isinstance(base, mmap.mmap):
-        base = getattr(base, "base", None)
+    base = _mapping(images)
     if base is None or not hasattr(os, "preadv"):
         return None
     mapped_at = np.frombuffer(base, np.uint8).ctypes.data  # where the mapping starts in memory

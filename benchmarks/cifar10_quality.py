@@ -1,16 +1,29 @@
 """Detection quality on the shared CIFAR-10 archive: class split, one-class and far-OOD protocols.
 
-    python benchmarks/cifar10_quality.py --budget=cpu --out=runs/quality_cpu   # < 60 min, 2 cores
-    python benchmarks/cifar10_quality.py --budget=gpu --out=$OUT/quality       # < 8 min, one H100
+    python benchmarks/cifar10_quality.py --budget=cpu --split=validation --out=runs/val_cpu  # choose
+    python benchmarks/cifar10_quality.py --budget=cpu --split=report --out=runs/report_cpu    # report
+    python benchmarks/cifar10_quality.py --budget=gpu --out=$OUT/quality       # one H100
     python benchmarks/cifar10_quality.py --budget=tiny --out=/tmp/q            # smoke test
 
 Protocols (labels only choose the sets; training never sees them):
 
 - ``class_split``: in = the first five classes (airplane, automobile, bird, cat, deer), OOD = the
-  last five (their test images).
-- ``one_class_NAME``: in = one class, OOD = the test images of the nine others.
+  last five.
+- ``one_class_NAME``: in = one class, OOD = the nine others.
 - every protocol also scores the far-OOD suite (``configs/far_ood.py``: noise, flat colours, blobs,
   stripes, checkerboards, shapes, text, photos, digits), ``budget.far_limit`` images each.
+
+Two splits of every protocol (``--split``; results.json records it, results.md says it):
+
+- ``validation`` (the default), to choose anything (recipes, budgets, hyper-parameters): training
+  uses the CIFAR-10 training split less :data:`HOLDOUT` images per class (``holdout=1000&part=fit``,
+  :mod:`semsad_jax.data.specs`); in-distribution and OOD images are scored from those held-out
+  training images (``part=holdout``: never trained on); the far-OOD sets are their held-out halves
+  (``far_ood.specs(part="holdout")``, another limit seed). One-class protocols: ``budget.one_class``.
+- ``report``: trains on the whole training split and scores the test split and the far-OOD sets'
+  other halves; run once, after choosing. One-class protocols: ``budget.report_one_class`` (all
+  ten classes for the cpu and gpu budgets, as the literature reports; results.md gives each class
+  and their mean).
 
 For each protocol and seed, :func:`semsad_jax.run.run` trains the encoder (mode ``encoder``), then
 for each bn mode a discriminator (``discriminator.norm`` = "batch", running statistics at test time,
@@ -20,11 +33,13 @@ pixels_knn (raw pixels, the floor) do not depend on the discriminator: reported 
 
 A budget is sizes plus a recipe (``Budget.overrides``: config fields); ``--set KEY=VALUE`` adds
 overrides (e.g. ``--set discriminator.neighbourhood=labels``, the diagnostic that takes S(x) from
-the labels), ``--encoders-from ROOT`` reuses the encoders of an earlier run's work root (linked;
-refused by the run if they do not match). Writes ``OUT/results.json`` (every run's metrics, the
-budget, the overrides, timings) and ``OUT/results.md`` (the tables), rewritten after every
-(protocol, seed), so a run cut short keeps what it finished. Workdirs live in ``OUT/work`` (or
-``--work``): rerunning the same command resumes or reuses finished stages.
+the labels), ``--encoders-from ROOT`` reuses the encoders of an earlier run's work root (its
+``validation``/``report`` subfolder when there is one; linked; refused by the run if they do not
+match). Writes ``OUT/results.json`` (every run's metrics, the split, the budget, the overrides,
+timings) and ``OUT/results.md`` (the tables), rewritten after every (protocol, seed), so a run cut
+short keeps what it finished; an OUT holding the other split's results is refused. Workdirs live in
+``OUT/work/SPLIT`` (or ``--work``/SPLIT): rerunning the same command resumes or reuses finished
+stages.
 """
 
 from __future__ import annotations
@@ -32,6 +47,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -47,6 +63,11 @@ from semsad_jax.run import run
 ARCHIVE = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "cifar10-jpeg.tar.gz"))
 FIRST_FIVE = ("airplane", "automobile", "bird", "cat", "deer")
 LAST_FIVE = ("dog", "frog", "horse", "ship", "truck")
+CLASSES = FIRST_FIVE + LAST_FIVE
+SPLITS = ("validation", "report")
+# CIFAR-10 training images held out per class for the validation protocols (10% of the training
+# split; the fit part keeps 4,000 per class, as many as any budget trains on)
+HOLDOUT = 1000
 BN_MODES = {"running_stats": "batch", "transductive": "batch_transductive"}
 
 
@@ -56,6 +77,8 @@ class Budget:
 
     ``overrides``: (config key, value) pairs applied last, e.g. ("encoder.temperature", 0.2).
     ``bn_modes``: the default ``--bn-modes``.
+    ``one_class``: the classes of the validation one-class protocols (a subset, to save time);
+    ``report_one_class``: those of the report (all ten, as the literature reports).
     """
 
     image_size: int
@@ -79,6 +102,7 @@ class Budget:
     far_limit: int = 1000
     bn_modes: tuple[str, ...] = ("running_stats", "transductive")
     overrides: tuple[tuple[str, Any], ...] = ()
+    report_one_class: tuple[str, ...] = CLASSES
 
 
 BUDGETS = {
@@ -96,12 +120,14 @@ BUDGETS = {
         disc_batch=16,
         disc_epochs=1,
         one_class=("airplane",),
+        report_one_class=("airplane",),  # a smoke test: one class (cpu, gpu: all ten)
         seeds=(0, 1),
         feature_batch=64,
         eval_batch=16,
         far_limit=16,
     ),
-    # 2-core CPU, < 60 min: 4 protocols x 2 seeds x (encoder + discriminator + eval).
+    # 2-core CPU: validation 4 protocols x 2 seeds x (encoder + discriminator + eval), < 60 min;
+    # report 11 protocols (class split + ten one-class) x 2 seeds, about 2 hours.
     "cpu": Budget(
         image_size=16,
         width=16,
@@ -153,45 +179,67 @@ BUDGETS = {
 }
 
 
-def _spec(archive: str, split: str, limit: int, classes=(), exclude=()) -> str:
+def _spec(
+    archive: str, split: str, limit: int, classes=(), exclude=(), part: str | None = None
+) -> str:
     query = []
     if classes:
         query.append("classes=" + ",".join(classes))
     if exclude:
         query.append("exclude=" + ",".join(exclude))
+    if part:
+        query.append(f"holdout={HOLDOUT}&part={part}")
     if limit:
         query.append(f"limit={limit}")
     return f"archive:{archive}!{split}" + ("?" + "&".join(query) if query else "")
 
 
-def _far(budget: Budget) -> dict[str, str]:
+def _far(budget: Budget, split: str = "report") -> dict[str, str]:
     from configs import far_ood
 
-    return far_ood.specs(budget.far_limit) if budget.far_limit else {}
+    part = "holdout" if split == "validation" else "fit"
+    return far_ood.specs(budget.far_limit, part=part) if budget.far_limit else {}
 
 
-def protocols(budget: Budget, archive: str, names: list[str] | None = None) -> dict[str, dict]:
-    """{protocol: {"train", "test", "ood": {name: spec}}} for this budget (far-OOD sets last)."""
-    far = _far(budget)
+def protocols(
+    budget: Budget, archive: str, names: list[str] | None = None, split: str = "validation"
+) -> dict[str, dict]:
+    """{protocol: {"train", "test", "ood": {name: spec}}} of ``split`` (far-OOD sets last).
+
+    validation: train on the training split less its held-out images, score held-out training
+    images; report: train on the training split, score the test split. ``names``: any of
+    class_split and one_class_C for the ten classes (default: class_split and the budget's
+    one-class classes for this split).
+    """
+    if split not in SPLITS:
+        raise SystemExit(f"--split={split!r}: choose from {', '.join(SPLITS)}")
+    if split == "validation":
+        fit = functools.partial(_spec, archive, "train", part="fit")
+        score = functools.partial(_spec, archive, "train", part="holdout")
+    else:
+        fit = functools.partial(_spec, archive, "train")
+        score = functools.partial(_spec, archive, "test")
+    far = _far(budget, split)
     out = {
         "class_split": {
-            "train": _spec(archive, "train", budget.train_limit, FIRST_FIVE),
-            "test": _spec(archive, "test", budget.test_limit, FIRST_FIVE),
-            "ood": {"last_five": _spec(archive, "test", budget.ood_limit, LAST_FIVE), **far},
+            "train": fit(budget.train_limit, classes=FIRST_FIVE),
+            "test": score(budget.test_limit, classes=FIRST_FIVE),
+            "ood": {"last_five": score(budget.ood_limit, classes=LAST_FIVE), **far},
         }
     }
-    for cls in budget.one_class:
+    for cls in CLASSES:
         out[f"one_class_{cls}"] = {
-            "train": _spec(archive, "train", budget.one_class_train_limit, (cls,)),
-            "test": _spec(archive, "test", budget.test_limit, (cls,)),
-            "ood": {"other_nine": _spec(archive, "test", budget.ood_limit, exclude=(cls,)), **far},
+            "train": fit(budget.one_class_train_limit, classes=(cls,)),
+            "test": score(budget.test_limit, classes=(cls,)),
+            "ood": {"other_nine": score(budget.ood_limit, exclude=(cls,)), **far},
         }
-    if names:
-        unknown = sorted(set(names) - set(out))
-        if unknown:
-            raise SystemExit(f"unknown --protocols {unknown}; choose from {', '.join(out)}")
-        out = {k: v for k, v in out.items() if k in names}
-    return out
+    if not names:
+        one_class = budget.one_class if split == "validation" else budget.report_one_class
+        names = ["class_split", *(f"one_class_{cls}" for cls in one_class)]
+    unknown = sorted(set(names) - set(out))
+    if unknown:
+        raise SystemExit(f"unknown --protocols {unknown}; choose from {', '.join(out)}")
+    return {k: v for k, v in out.items() if k in names}
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -307,11 +355,18 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
     p.add_argument("--out", required=True, help="output folder (results.json, results.md, work/)")
+    p.add_argument(
+        "--split",
+        choices=SPLITS,
+        default="validation",
+        help="validation (default): held-out training images, to choose anything; report: the "
+        "test split, run once after choosing",
+    )
     p.add_argument("--archive", default=ARCHIVE, help=f"CIFAR-10 JPEG archive (default {ARCHIVE})")
     p.add_argument("--seeds", default=None, help="comma-separated; default: the budget's")
     p.add_argument("--protocols", default=None, help="comma-separated subset of the protocols")
     p.add_argument("--bn-modes", default=None, help="default: the budget's")
-    p.add_argument("--work", default=None, help="workdirs' root (default OUT/work)")
+    p.add_argument("--work", default=None, help="workdirs' root (default OUT/work; + /SPLIT)")
     p.add_argument("--set", action="append", default=[], help="KEY=VALUE config override")
     p.add_argument("--encoders-from", default=None, help="reuse the encoders of this work root")
     return p.parse_args(argv)
@@ -328,13 +383,20 @@ def main(argv: list[str] | None = None) -> dict:
     if set(bn_modes) - set(BN_MODES):
         raise SystemExit(f"--bn-modes: choose from {', '.join(BN_MODES)}")
     extra = tuple(parse_override(item) for item in args.set)
-    protos = protocols(budget, archive, args.protocols.split(",") if args.protocols else None)
+    names = [n for n in args.protocols.split(",") if n] if args.protocols else None
+    protos = protocols(budget, archive, names, args.split)
+    _check_out(args.out, args.split)
     os.makedirs(args.out, exist_ok=True)
     # absolute: the second bn mode links the first one's encoder, and a relative link target would
-    # resolve against the link's own folder
-    work_root = os.path.abspath(args.work or os.path.join(args.out, "work"))
-    encoders_from = os.path.abspath(args.encoders_from) if args.encoders_from else None
-    _enable_compile_cache(os.path.join(work_root, "jax_cache"))
+    # resolve against the link's own folder. One subfolder per split: their training sets differ.
+    work_base = os.path.abspath(args.work or os.path.join(args.out, "work"))
+    work_root = os.path.join(work_base, args.split)
+    encoders_from = None
+    if args.encoders_from:
+        encoders_from = os.path.abspath(args.encoders_from)
+        if os.path.isdir(os.path.join(encoders_from, args.split)):
+            encoders_from = os.path.join(encoders_from, args.split)
+    _enable_compile_cache(os.path.join(work_base, "jax_cache"))
     t0, records = time.time(), []
     for name, protocol in protos.items():
         for seed in seeds:
@@ -344,6 +406,20 @@ def main(argv: list[str] | None = None) -> dict:
             result = write_results(args, budget, seeds, protos, records, t0, extra)
     print(markdown_report(result))
     return result
+
+
+def _check_out(out: str, split: str) -> None:
+    """Refuses an OUT whose results.json holds the other split's results (it would be replaced)."""
+    import json
+
+    path = os.path.join(out, "results.json")
+    try:
+        with open(path) as f:
+            previous = json.load(f).get("split")
+    except (OSError, ValueError, AttributeError):
+        return
+    if previous is not None and previous != split:
+        raise SystemExit(f"{path} holds {previous} results; write the {split} run to another --out")
 
 
 def _enable_compile_cache(path: str) -> None:
@@ -357,6 +433,8 @@ def _enable_compile_cache(path: str) -> None:
 def write_results(args, budget: Budget, seeds, protos, records, t0: float, extra=()) -> dict:
     """Writes OUT/results.json and OUT/results.md for the records so far; returns the result."""
     result = {
+        "split": args.split,
+        "holdout_per_class": HOLDOUT if args.split == "validation" else 0,
         "budget_name": args.budget,
         "budget": dataclasses.asdict(budget),
         "overrides": [list(kv) for kv in (*budget.overrides, *extra)],

@@ -4,6 +4,8 @@ A record is one (protocol, seed, detector, bn_mode, ood) with float metrics ``au
 (fractions in [0, 1]). :func:`aggregate` gives mean and sample standard deviation (ddof 1; 0 for a
 single seed) over seeds per (protocol, detector, bn_mode, ood), plus a ``one_class (mean)``
 protocol: per seed, the mean over the ``one_class_*`` protocols, then mean and spread over seeds.
+:func:`markdown_report` says which split the numbers are (``result["split"]``: validation, to
+choose; report, the test split) and gives the one-class protocols per class with their mean.
 """
 
 from __future__ import annotations
@@ -15,6 +17,20 @@ import numpy as np
 METRICS = ("auroc", "fpr95")
 _ORDER = {"semsad": 0, "knn": 1, "mahalanobis": 2, "pixels_knn": 3}
 ONE_CLASS_MEAN = "one_class (mean)"
+SPLIT_TITLES = {
+    "validation": (
+        "VALIDATION (held-out CIFAR-10 training images)",
+        "Validation protocols: in-distribution and OOD images are held out of the CIFAR-10 "
+        "training split ({holdout} per class, never trained on), far-OOD sets are their held-out "
+        "halves; use these numbers, and only these, to choose recipes, budgets and "
+        "hyper-parameters.",
+    ),
+    "report": (
+        "REPORT (CIFAR-10 test split)",
+        "Report protocols: scored on the CIFAR-10 test split and the far-OOD sets' other halves; "
+        "run once, after choosing on the validation protocols; choose nothing on these numbers.",
+    ),
+}
 
 
 def _spread(values: list[float]) -> tuple[float, float]:
@@ -88,12 +104,68 @@ def far_rows(records: list[dict]) -> list[dict]:
     return rows
 
 
+def _columns(rows: list[dict]) -> list[tuple[str, str]]:
+    pairs = {(r["detector"], r["bn_mode"]) for r in rows}
+    return sorted(pairs, key=lambda c: (_ORDER.get(c[0], 9), c[1]))
+
+
+def _name(detector: str, mode: str) -> str:
+    return detector if mode == "-" else f"{detector} ({mode})"
+
+
+def _classes(count: int) -> str:
+    return f"{count} class" + ("" if count == 1 else "es")
+
+
+def one_class_table(summary: list[dict]) -> list[str]:
+    """Lines of the one-class table: a row per class (and near-OOD set), AUROC mean +- std over
+    seeds per detector, then the mean over the classes (spread over seeds); [] without one-class.
+    """
+    rows = [
+        r
+        for r in summary
+        if (r["protocol"].startswith("one_class_") or r["protocol"] == ONE_CLASS_MEAN)
+        and not is_far(r["ood"])
+    ]
+    if not rows:
+        return []
+    columns = _columns(rows)
+    cell = {(r["protocol"], r["ood"], r["detector"], r["bn_mode"]): r for r in rows}
+    keys = sorted(
+        {(r["protocol"], r["ood"]) for r in rows}, key=lambda k: (k[0] == ONE_CLASS_MEAN, k)
+    )
+    classes = max((r.get("classes", 0) for r in rows if r["protocol"] == ONE_CLASS_MEAN), default=0)
+    lines = [
+        "",
+        "One-class protocols (in = one class, OOD = the others): AUROC in %, mean +- std over "
+        f"seeds; the last row is the mean over the {_classes(classes)}.",
+        "",
+        "| class | OOD | " + " | ".join(_name(*c) for c in columns) + " |",
+        "|---|---|" + "---|" * len(columns),
+    ]
+    for protocol, ood in keys:
+        label = (
+            f"mean ({_classes(classes)})"
+            if protocol == ONE_CLASS_MEAN
+            else protocol.removeprefix("one_class_")
+        )
+        cells = []
+        for d, m in columns:
+            r = cell.get((protocol, ood, d, m))
+            cells.append(f"{100 * r['auroc_mean']:.1f} +- {100 * r['auroc_std']:.1f}" if r else "-")
+        lines.append(f"| {label} | {ood} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown_report(result: dict) -> str:
-    """Header (budget, machine, minutes) and one table: AUROC / FPR95 in %, mean +- std."""
+    """Header (split, budget, machine, minutes); the table of every protocol (AUROC / FPR95 in %,
+    mean +- std), the one-class table (per class and their mean) and the far-OOD table."""
     b, m = result["budget"], result["machine"]
     overrides = ", ".join(f"{k}={v}" for k, v in result.get("overrides", []))
+    title, note = SPLIT_TITLES.get(result.get("split"), ("", ""))
     lines = [
-        f"# CIFAR-10 quality, budget {result['budget_name']}: {b['image_size']} px, encoder width "
+        f"# CIFAR-10 quality{', ' + title if title else ''}, budget {result['budget_name']}: "
+        f"{b['image_size']} px, encoder width "
         f"{b['width']} x {b['enc_epochs']} epochs (batch {b['enc_batch']}), discriminator width "
         f"{b['disc_width']} x {b['disc_epochs']} epochs, {b['dtype']}, seeds {result['seeds']}",
         "",
@@ -102,6 +174,7 @@ def markdown_report(result: dict) -> str:
         "mean +- sample std over seeds.",
         f"Recipe overrides: {overrides or 'none'}."
         + ("" if result.get("label_free", True) else " NOT LABEL-FREE: a diagnostic run."),
+        *([note.format(holdout=result.get("holdout_per_class", "?"))] if note else []),
         "",
         "| protocol | detector | bn mode | OOD | AUROC | FPR95 | seeds |",
         "|---|---|---|---|---|---|---|",
@@ -113,13 +186,12 @@ def markdown_report(result: dict) -> str:
         cells += [f"{100 * r[f'{k}_mean']:.1f} +- {100 * r[f'{k}_std']:.1f}" for k in METRICS]
         cells.append(str(r["seeds"]))
         lines.append("| " + " | ".join(cells) + " |")
+    lines += one_class_table(result["summary"])
     far = far_rows(result.get("records", []))
     if far:
-        columns = sorted(
-            {(r["detector"], r["bn_mode"]) for r in far}, key=lambda c: (_ORDER.get(c[0], 9), c[1])
-        )
+        columns = _columns(far)
         cell = {(r["ood"], r["detector"], r["bn_mode"]): r for r in far}
-        names = [d if m == "-" else f"{d} ({m})" for d, m in columns]
+        names = [_name(*c) for c in columns]
         lines += [
             "",
             "Far OOD: AUROC in %, mean (minimum) over every protocol and seed.",

@@ -9,6 +9,12 @@ against SVHN).
 
     from configs import far_ood
     far_ood.add(config)                 # eval.ood.far_noise = "synthetic:noise?limit=1000", ...
+
+Validation and report (benchmarks/cifar10_quality.py ``--split``): ``specs(limit, part="holdout")``
+gives each set's held-out images (:data:`HOLDOUT`: 500 of the 1000 images of a synthetic or photo
+set, 50 of each digit), drawn with another seed (:data:`VALIDATION_SEED`); ``part="fit"`` gives the
+rest, for the report. The two are disjoint, so nothing chosen on validation saw a reported image.
+Without ``part`` (the configs): a random subset of the whole set, as before.
 """
 
 FAR_OOD = {
@@ -24,9 +30,29 @@ FAR_OOD = {
 }
 
 
-def specs(limit: int = 1000, exclude: tuple[str, ...] = ()) -> dict[str, str]:
-    """name -> spec of the suite, each limited to ``limit`` images (a fixed random subset)."""
-    return {k: f"{v}?limit={limit}" for k, v in FAR_OOD.items() if k not in exclude}
+# held out for validation, per set: images of the set (synthetic, photos) or of each class (digits)
+HOLDOUT = {name: 50 if name == "far_digits" else 500 for name in FAR_OOD}
+VALIDATION_SEED = 1  # the limit's seed on the held-out part (the report keeps the default, 0)
+
+
+def specs(
+    limit: int = 1000, exclude: tuple[str, ...] = (), part: str | None = None
+) -> dict[str, str]:
+    """name -> spec of the suite, each limited to ``limit`` images (a fixed random subset).
+
+    ``part``: None = of the whole set; "holdout" = of the validation images (:data:`HOLDOUT`, the
+    limit drawn with :data:`VALIDATION_SEED`); "fit" = of the others, for the report.
+    """
+    if part not in (None, "fit", "holdout"):
+        raise ValueError(f"part={part!r}: use None, 'fit' or 'holdout'")
+    out = {}
+    for name, spec in FAR_OOD.items():
+        if name in exclude:
+            continue
+        query = f"holdout={HOLDOUT[name]}&part={part}&" if part else ""
+        seed = f"&seed={VALIDATION_SEED}" if part == "holdout" else ""
+        out[name] = f"{spec}?{query}limit={limit}{seed}"
+    return out
 
 
 def add(config, limit: int = 1000, exclude: tuple[str, ...] = ()):

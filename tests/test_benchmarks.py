@@ -105,8 +105,8 @@ def test_aggregate_mean_and_spread_against_numpy():
 
 def test_quality_protocol_specs():
     budget = cifar10_quality.BUDGETS["cpu"]
-    protos = cifar10_quality.protocols(budget, "/x.tgz")
-    assert len([p for p in protos if p.startswith("one_class_")]) >= 3
+    protos = cifar10_quality.protocols(budget, "/x.tgz", split="report")
+    assert len([p for p in protos if p.startswith("one_class_")]) == 10
     split = protos["class_split"]
     assert (
         split["train"]
@@ -118,12 +118,80 @@ def test_quality_protocol_specs():
     assert protos["one_class_cat"]["ood"]["other_nine"].startswith(
         "archive:/x.tgz!test?exclude=cat"
     )
+    val = cifar10_quality.protocols(budget, "/x.tgz")  # validation: the default
+    assert list(val) == ["class_split", "one_class_airplane", "one_class_cat", "one_class_ship"]
+    assert val["class_split"]["train"] == (
+        "archive:/x.tgz!train?classes=airplane,automobile,bird,cat,deer&holdout=1000&part=fit"
+        "&limit=4000"
+    )
+    assert val["one_class_cat"]["ood"]["other_nine"] == (
+        "archive:/x.tgz!train?exclude=cat&holdout=1000&part=holdout&limit=1000"
+    )
+    chosen = cifar10_quality.protocols(budget, "/x.tgz", ["one_class_dog"], "validation")
+    assert list(chosen) == ["one_class_dog"]  # any of the ten classes on request
+    with pytest.raises(SystemExit, match="unknown --protocols"):
+        cifar10_quality.protocols(budget, "/x.tgz", ["one_class_zebra"])
     config = cifar10_quality.make_config(budget, split, seed=3, norm="batch_transductive")
     assert (config.seed, config.discriminator.norm, config.data.image_size) == (
         3,
         "batch_transductive",
         16,
     )
+
+
+def _indices(spec: str) -> set[str]:
+    """The items a protocol spec selects, as "split/position", computed with the data module's
+    own query on CIFAR-10's layout (5,000 train and 1,000 test images per class; far-OOD sets by
+    their own sizes), without loading images."""
+    from semsad_jax.data.specs import parse_spec, select_indices
+    from semsad_jax.data.synthetic import SYNTHETIC_COUNT
+
+    parsed = parse_spec(spec)
+    if parsed.kind == "archive":
+        per_class = 5000 if parsed.subdir == "train" else 1000
+        labels, names = np.repeat(np.arange(10), per_class), list(cifar10_quality.CLASSES)
+    elif parsed.location == "digits":
+        from sklearn.datasets import load_digits
+
+        labels, names = load_digits().target, [str(i) for i in range(10)]
+    else:
+        labels, names = None, None
+    count = SYNTHETIC_COUNT if labels is None else len(labels)
+    kept = select_indices(parsed, count, labels, names)
+    kept = np.arange(count) if kept is None else kept
+    return {f"{parsed.location}!{parsed.subdir}/{i}" for i in kept.tolist()}
+
+
+@pytest.mark.parametrize("budget_name", ["cpu", "gpu"])
+def test_validation_never_scores_training_or_report_images(budget_name):
+    """Validation trains on the fit part of the training split and scores only its held-out part
+    (in-distribution and OOD); the report trains on the training split and scores the test split,
+    with all ten one-class protocols; the two far-OOD suites are disjoint."""
+    budget = cifar10_quality.BUDGETS[budget_name]
+    val = cifar10_quality.protocols(budget, "/x.tgz", split="validation")
+    report = cifar10_quality.protocols(budget, "/x.tgz", split="report")
+    held_out = _indices("archive:/x.tgz!train?holdout=1000&part=holdout")
+    assert len(held_out) == 10 * cifar10_quality.HOLDOUT
+    for name, p in val.items():
+        train = _indices(p["train"])
+        scored = [_indices(p["test"])] + [_indices(spec) for spec in p["ood"].values()]
+        assert train and not train & held_out, name
+        assert all(s and not s & train for s in scored), name
+        cifar = [s for s in scored if any(k.startswith("/x.tgz!") for k in s)]
+        assert len(cifar) == 2 and all(s <= held_out for s in cifar), name
+        if not budget.test_limit and not budget.ood_limit:  # every protocol, the same hold-out
+            assert cifar[0] | cifar[1] == held_out, name
+    assert [p for p in report if p.startswith("one_class_")] == [
+        f"one_class_{c}" for c in cifar10_quality.CLASSES
+    ]
+    for name, p in report.items():
+        assert "!train?" in p["train"] and "holdout" not in p["train"], name
+        assert "!test?" in p["test"] and all(
+            "!test?" in spec for ood, spec in p["ood"].items() if not ood.startswith("far_")
+        ), name
+        for ood, spec in p["ood"].items():
+            if ood.startswith("far_"):
+                assert not _indices(spec) & _indices(val["class_split"]["ood"][ood]), ood
 
 
 def test_quality_orchestration_with_stubbed_pipeline(tmp_path, monkeypatch):
@@ -157,8 +225,10 @@ def test_quality_orchestration_with_stubbed_pipeline(tmp_path, monkeypatch):
         ("discriminator", 0, "batch_transductive"),
         ("eval", 0, "batch_transductive"),
     ]
-    assert os.path.islink(
-        os.path.join(tmp_path, "work", "class_split", "seed1", "transductive", "encoder")
+    assert os.path.islink(  # validation (the default) and report workdirs never collide
+        os.path.join(
+            tmp_path, "work", "validation", "class_split", "seed1", "transductive", "encoder"
+        )
     )
     rows = {(r["detector"], r["bn_mode"]): r for r in result["summary"]}
     assert set(rows) == {
@@ -176,6 +246,25 @@ def test_quality_orchestration_with_stubbed_pipeline(tmp_path, monkeypatch):
         "| class_split | semsad | transductive | last_five | 70.0 +- 7.1 |"
         in (tmp_path / "results.md").read_text()
     )
+    assert saved["split"] == "validation" and saved["holdout_per_class"] == 1000
+    assert "part=fit" in saved["protocols"]["class_split"]["train"]
+    assert "CIFAR-10 quality, VALIDATION" in (tmp_path / "results.md").read_text()
+    with pytest.raises(SystemExit, match="holds validation results"):
+        cifar10_quality.main(["--budget=tiny", "--out=.", "--split=report", "--archive", __file__])
+    calls.clear()
+    report = cifar10_quality.main(
+        ["--budget=tiny", "--out=rep", "--split=report", "--seeds=0", "--archive", __file__]
+    )
+    assert {c[3].split(os.sep + "work" + os.sep)[1].split(os.sep)[0] for c in calls} == {"report"}
+    assert report["split"] == "report" and list(report["protocols"]) == [
+        "class_split",
+        "one_class_airplane",  # the tiny budget's report one-class classes (cpu, gpu: all ten)
+    ]
+    text = (tmp_path / "rep" / "results.md").read_text()
+    assert "CIFAR-10 quality, REPORT (CIFAR-10 test split)" in text
+    assert "| class | OOD | semsad (running_stats) | semsad (transductive) | knn |" in text
+    assert "| airplane | last_five | 60.0 +- 0.0 | 65.0 +- 0.0 | 60.0 +- 0.0 |" in text
+    assert "| mean (1 class) | last_five | 60.0 +- 0.0 | 65.0 +- 0.0 |" in text
 
 
 def test_torch_reference_matches_ours():
@@ -327,7 +416,8 @@ def test_quality_overrides_reach_the_config():
     config = cifar10_quality.make_config(budget, protos["class_split"], 0, "batch", extra)
     assert config.discriminator.mu == 0.25 and config.eval.tpr == 0.9
     assert config.discriminator.neighbourhood == "labels"
-    assert config.eval.ood.far_text == f"synthetic:text?limit={budget.far_limit}"
+    far = f"synthetic:text?holdout=500&part=holdout&limit={budget.far_limit}&seed=1"
+    assert config.eval.ood.far_text == far  # validation (the default): the held-out half
     for key, value in budget.overrides:  # the budget's recipe, applied before --set
         section, name = key.split(".")
         assert config[section][name] == value

@@ -1,6 +1,7 @@
 """Data sources: load any spec string into an :class:`ImageSet` of uint8 RGB images.
 
-Spec syntax and the ``?classes= &exclude= &limit= &seed=`` query: :mod:`semsad_jax.data.specs`.
+Spec syntax and the ``?classes= &exclude= &holdout= &part= &limit= &seed=`` query:
+:mod:`semsad_jax.data.specs`.
 Folder / archive layout rules and decoding: :mod:`semsad_jax.data.imagefiles`.
 
 Every source yields uint8 [N, image_size, image_size, 3]. Labels are only used by monitors and

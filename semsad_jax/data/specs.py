@@ -1,4 +1,5 @@
-"""Data-source spec strings: parsing and the ``?classes= &exclude= &limit= &seed=`` query.
+"""Data-source spec strings: parsing and the ``?classes= &exclude= &holdout= &part= &limit= &seed=``
+query.
 
 One syntax everywhere (config files, CLI overrides, Python API)::
 
@@ -15,6 +16,15 @@ followed by an optional query: ``?classes=cat,dog&exclude=frog&limit=500&seed=1`
 * ``classes=`` keeps, ``exclude=`` drops the listed classes (names, or integer label indices).
   Kept labels keep their ORIGINAL indices and ``class_names`` stays the full list, so a subset's
   labels still index the source's class list.
+* ``holdout=N&part=fit|holdout`` splits the set in two before anything else: ``holdout=N`` holds out
+  N images of EACH class (of the whole set when it has no labels), chosen by a fixed rule (a
+  permutation of the set's positions with the fixed seed :data:`HOLDOUT_SEED`; a class's held-out
+  images are its first N in that order), independent of ``seed`` and of ``classes=``/``exclude=``,
+  so a class's held-out images are the same whichever classes a spec selects. ``part=holdout`` keeps
+  the held-out images, ``part=fit`` the rest: disjoint, and together the whole set. Each key needs
+  the other; every selected class must have more than N images. E.g. train on
+  ``archive:c10.tgz!train?classes=cat&holdout=1000&part=fit`` and validate on
+  ``archive:c10.tgz!train?exclude=cat&holdout=1000&part=holdout`` (never trained on).
 * ``limit=N`` then keeps a random subset of N images drawn with ``seed`` (default 0); the kept
   images stay in source order. A limit at least the set size keeps everything.
 
@@ -34,7 +44,9 @@ import numpy as np
 from semsad_jax.errors import SemsadError
 
 KINDS = ("tfds", "folder", "archive", "npz", "sklearn", "synthetic")
-QUERY_KEYS = ("classes", "exclude", "limit", "seed")
+QUERY_KEYS = ("classes", "exclude", "holdout", "part", "limit", "seed")
+PARTS = ("fit", "holdout")
+HOLDOUT_SEED = 20_160_916  # fixed: the held-out images never depend on a spec's seed
 SKLEARN_DATASETS = ("digits", "sample_images")
 SYNTHETIC = ("noise", "constant", "blobs", "stripes", "checkerboard", "shapes", "text")
 SKLEARN_SPLITS = ("train", "test")
@@ -80,6 +92,14 @@ class Spec:
         return int(self.query["limit"]) if "limit" in self.query else None
 
     @property
+    def holdout(self) -> int | None:
+        return int(self.query["holdout"]) if "holdout" in self.query else None
+
+    @property
+    def part(self) -> str | None:
+        return self.query.get("part")
+
+    @property
     def seed(self) -> int:
         return int(self.query.get("seed", "0"))
 
@@ -93,7 +113,7 @@ def _bad(spec: str, problem: str, fix: str = _EXAMPLES) -> SemsadError:
 
 
 def _parse_query(spec: str, query_text: str) -> dict[str, str]:
-    fix = "the query looks like ?classes=cat,dog&exclude=frog&limit=500&seed=0"
+    fix = "the query looks like ?classes=cat,dog&exclude=frog&holdout=100&part=fit&limit=500&seed=0"
     query: dict[str, str] = {}
     for part in query_text.split("&"):
         key, eq, value = part.partition("=")
@@ -107,11 +127,16 @@ def _parse_query(spec: str, query_text: str) -> dict[str, str]:
         if key in ("classes", "exclude"):
             if any(not item for item in _split_list(value)):
                 raise _bad(spec, f"{key}= needs a comma-separated list of class names", fix)
+        elif key == "part":
+            if value not in PARTS:
+                raise _bad(spec, f"part={value!r} is not one of {', '.join(PARTS)}", fix)
         elif not re.fullmatch(r"[0-9]+", value) or len(value) > 18:
             raise _bad(spec, f"{key}={value!r} is not an integer from 0 to 10^18", fix)
-        elif key == "limit" and int(value) == 0:
-            raise _bad(spec, "limit= must be a positive integer", fix)
+        elif key in ("limit", "holdout") and int(value) == 0:
+            raise _bad(spec, f"{key}= must be a positive integer", fix)
         query[key] = value
+    if ("holdout" in query) != ("part" in query):
+        raise _bad(spec, "holdout=N and part=fit|holdout go together", fix)
     return query
 
 
@@ -166,17 +191,22 @@ def select_indices(
 ) -> np.ndarray | None:
     """Applies the spec's query to a list of ``count`` items.
 
+    ``classes``/``exclude`` and the ``holdout``/``part`` split (drawn over all N items, whatever
+    the classes) select; ``limit`` then draws from what they keep.
+
     Args:
-      spec: parsed spec (its ``classes``, ``exclude``, ``limit`` and ``seed``).
+      spec: parsed spec (its ``classes``, ``exclude``, ``holdout``, ``part``, ``limit``, ``seed``).
       count: N, the number of items.
-      labels: int [N] labels, or None when the source has none (then only ``limit`` is allowed).
+      labels: int [N] labels, or None when the source has none (then ``classes``/``exclude`` are
+        refused and ``holdout`` counts over the whole set).
       class_names: index -> name, or None (then classes are given as integer label values).
 
     Returns:
       int64 [M] sorted indices of the kept items, or None when the query keeps everything.
     """
-    if not spec.query.keys() & {"classes", "exclude", "limit"}:
+    if not spec.query.keys() & {"classes", "exclude", "part", "limit"}:
         return None
+    labels = None if labels is None else np.asarray(labels)
     keep = np.ones(count, dtype=bool)
     if spec.classes is not None or spec.exclude is not None:
         if labels is None:
@@ -184,12 +214,57 @@ def select_indices(
                 f"data spec {spec.text!r}: classes=/exclude= need labels, but this source has "
                 "none; put the images in one subfolder per class, or drop classes=/exclude="
             )
-        labels = np.asarray(labels)
         if spec.classes is not None:
             keep &= np.isin(labels, _class_indices(spec, spec.classes, labels, class_names))
         if spec.exclude is not None:
             keep &= ~np.isin(labels, _class_indices(spec, spec.exclude, labels, class_names))
+    if spec.part is not None:
+        _check_holdout(spec, count, labels, keep, class_names)
+        held = holdout_mask(spec.holdout, count, labels)
+        keep &= held if spec.part == "holdout" else ~held
     return _apply_limit(spec, np.flatnonzero(keep))
+
+
+def holdout_mask(holdout: int, count: int, labels: np.ndarray | None) -> np.ndarray:
+    """bool [count]: the items ``holdout=N`` holds out (N per label value, or N of all when None).
+
+    The fixed rule: a permutation of ``range(count)`` drawn with :data:`HOLDOUT_SEED`; each class's
+    held-out items are its first N in that order (all of it when it has N or fewer).
+    """
+    order = np.random.default_rng(HOLDOUT_SEED).permutation(count)
+    held = np.zeros(count, dtype=bool)
+    if labels is None:
+        held[order[:holdout]] = True
+        return held
+    ordered = labels[order]
+    for value in np.unique(ordered):
+        held[order[ordered == value][:holdout]] = True
+    return held
+
+
+def _check_holdout(
+    spec: Spec,
+    count: int,
+    labels: np.ndarray | None,
+    keep: np.ndarray,
+    class_names: Sequence[str] | None,
+) -> None:
+    """Every selected class (``keep``; the whole set when unlabelled) must have more than N items."""
+    if labels is None:
+        if count <= spec.holdout:
+            raise SemsadError(
+                f"data spec {spec.text!r}: holdout={spec.holdout} would hold out all {count} "
+                f"images of the set; hold out fewer than {count}"
+            )
+        return
+    sizes = np.bincount(labels)
+    for value in np.unique(labels[keep]):
+        if sizes[value] <= spec.holdout:
+            name = class_names[value] if class_names is not None else str(value)
+            raise SemsadError(
+                f"data spec {spec.text!r}: holdout={spec.holdout} would hold out all "
+                f"{sizes[value]} images of class {name!r}; hold out fewer than {sizes[value]}"
+            )
 
 
 def _apply_limit(spec: Spec, kept: np.ndarray) -> np.ndarray:

@@ -92,7 +92,9 @@ def run(
     wd = _check_workdir(workdir)
     mesh = parallel.make_mesh()
     sets = DataSets(config.data, int(config.seed))
-    identities = run_identities(config)
+    trains = TRAINS.get(mode, ())
+    # a training mode loads the training set first: the stages are tied to its content (digest)
+    identities = run_identities(config, sets.train().digest if trains else None)
     ctx = StageContext(
         workdir=wd,
         mesh=mesh,
@@ -105,7 +107,6 @@ def run(
     )
     results: dict = {}
     with _workdir_lock(wd):
-        trains = TRAINS.get(mode, ())
         if trains:  # refuse a mismatch before config.json (or anything else) is written
             for stage in () if overwrite else trains:
                 wd.check_identity(stage, identities[stage])

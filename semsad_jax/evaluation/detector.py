@@ -32,7 +32,7 @@ from semsad_jax.models.build import compute_dtype
 from semsad_jax.parallel.mesh import make_mesh
 from semsad_jax.workdir.bank import load_bank
 from semsad_jax.workdir.layout import ConfigView, Workdir, as_workdir, run_identities
-from semsad_jax.workdir.restore import check_bank_matches, restore_network
+from semsad_jax.workdir.restore import check_bank_matches, restore_stage
 
 log = logging.getLogger(__name__)
 BN_MODES = {
@@ -78,6 +78,9 @@ class Detector:
       threshold: the stored semsad threshold (None before --mode=eval).
       mesh: the device mesh everything runs on.
       workdir: where it was restored from (None when built by hand).
+      provenance: per stage, what was restored (trained epochs and steps, the checkpoint step,
+        the identity digest, the config's epochs; :class:`~semsad_jax.workdir.restore.RestoredNetwork`);
+        empty when built by hand.
     """
 
     config: Any
@@ -87,6 +90,7 @@ class Detector:
     threshold: float | None = None
     mesh: Mesh | None = None
     workdir: str | None = None
+    provenance: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
     def restore(cls, workdir: str | Workdir, *, mesh: Mesh | None = None) -> Detector:
@@ -104,12 +108,22 @@ class Detector:
         check_bank_matches(wd)
         mesh = mesh or make_mesh()
         identities = run_identities(config)
-        restore = lambda stage: restore_network(
+        restore = lambda stage: restore_stage(
             wd, stage, config[stage], identities[stage], dtype=config.dtype, mesh=mesh
         )
         encoder, discriminator = restore("encoder"), restore("discriminator")
         bank = load_bank(wd)
-        return cls(config, encoder, discriminator, bank, wd.threshold(), mesh, wd.path)
+        provenance = {"encoder": encoder.provenance, "discriminator": discriminator.provenance}
+        return cls(
+            config,
+            encoder[:3],
+            discriminator[:3],
+            bank,
+            wd.threshold(),
+            mesh,
+            wd.path,
+            provenance,
+        )
 
     def __post_init__(self) -> None:
         self.mesh = self.mesh or make_mesh()

@@ -49,7 +49,8 @@ from semsad_jax.evaluation.report import IN_NAME, METRICS, results_table, scores
 from semsad_jax.method.metrics import ood_metrics, threshold_at_tpr
 from semsad_jax.method.pairs import pair_settings, sample_pairs
 from semsad_jax.workdir import layout
-from semsad_jax.workdir.layout import Workdir, as_workdir, write_json
+from semsad_jax.workdir.layout import Workdir, as_workdir, write_file, write_json
+from semsad_jax.workdir.space import check_free
 
 log = logging.getLogger(__name__)
 DETECTORS = ("semsad", "knn", "mahalanobis", "pixels_knn")
@@ -244,6 +245,8 @@ def evaluate_detector(
         "pixels_centre": floors.pixels.mean is not None,
         # False when the discriminator learned from label neighbourhoods (a diagnostic, not SemSAD)
         "label_free": bool(detector.bank.meta.get("label_free", True)),
+        # per stage: trained epochs and steps, the restored checkpoint step, identity digest
+        "stages": detector.provenance,
         "config": _config_dict(config),
         "versions": versions(),
     }
@@ -251,12 +254,15 @@ def evaluate_detector(
     if jax.process_index() == 0:  # every process computed the same; one writes
         arrays = {scores_key(d, n): s[d] for n, s in scored.items() for d in DETECTORS}
         arrays.update({scores_key("nn", n): s["nn"] for n, s in scored.items()})
-        os.makedirs(out_dir, exist_ok=True)
-        np.savez(os.path.join(out_dir, layout.SCORES_NPZ), **arrays)
+        needed = sum(a.nbytes for a in arrays.values()) + (1 << 20)
+        check_free(out_dir, needed, "the eval outputs (scores.npz, results.json, results.txt)")
+        write_file(
+            os.path.join(out_dir, layout.SCORES_NPZ), lambda f: np.savez(f, **arrays), needed
+        )
         write_json(os.path.join(out_dir, layout.RESULTS_JSON), results)
         table = results_table(results)
-        with open(os.path.join(out_dir, layout.RESULTS_TXT), "w") as f:
-            f.write(table + "\n")
+        text = (table + "\n").encode()
+        write_file(os.path.join(out_dir, layout.RESULTS_TXT), lambda f: f.write(text), len(text))
         print(table)
         for path in plotted:
             log.info("wrote %s", path)

@@ -7,11 +7,10 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from semsad_jax.method.metrics import roc_curve_points
+from semsad_jax.workdir.layout import write_file
 
 COLOURS = ("tab:green", "tab:red", "tab:blue", "tab:orange", "tab:purple", "tab:brown", "tab:pink")
 
@@ -113,6 +112,5 @@ def roc_curves(
 
 
 def _save(fig, path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path)
+    write_file(path, lambda f: fig.savefig(f, format="png"), 1 << 20)  # atomic; DiskFull if full
     return path

@@ -80,7 +80,24 @@ def results_table(results: dict) -> str:
         f"DetAcc = max over thresholds of (TPR + TNR) / 2; knn / mahalanobis on the encoder's "
         f"{results.get('baseline_features', 'head')} features, pixels_knn on raw pixels"
     )
-    return title + "\n" + text_table(header, rows)
+    return title + "\n" + stages_lines(results.get("stages", {})) + text_table(header, rows)
+
+
+def stages_lines(stages: dict) -> str:
+    """What each evaluated network was restored from, one line per stage (ending in a newline),
+    with a NOTE where the config asked for other epochs than the stage was trained for."""
+    lines = []
+    for stage, p in stages.items():
+        lines.append(
+            f"{stage}: trained {p['epochs']} epochs ({p['total_steps']} steps), restored step "
+            f"{p['restored_step']}, identity {p['identity_digest']}"
+        )
+        if p.get("config_epochs") != p["epochs"]:
+            lines.append(
+                f"NOTE: the config asks for {p.get('config_epochs')} {stage} epochs; the "
+                f"{stage} evaluated here was trained for {p['epochs']}"
+            )
+    return "".join(line + "\n" for line in lines)
 
 
 # ---- multi-run report ----------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from semsad_jax.train import step as steps
 from semsad_jax.train.monitors import heldout_report
 from semsad_jax.train.stage import StageContext, StagePlan, run_stage
 from semsad_jax.workdir.bank import build_bank
+from semsad_jax.workdir.layout import TRAIN_DIGEST
 
 __all__ = [
     "bound_train_step",
@@ -193,6 +194,7 @@ def train_discriminator(
     steps.check_batch_size(batch, len(train), ctx.mesh, "discriminator.batch_size")
     pair_settings(section)  # unknown variant / preset -> SemsadError before any work
     dtype = compute_dtype(ctx.dtype)
+    identity = {**identity, TRAIN_DIGEST: train.digest}  # the images it trains on, by content
     bank = build_bank(
         ctx.workdir,
         section,

@@ -26,6 +26,7 @@ from semsad_jax.models.build import build, compute_dtype, model_stats
 from semsad_jax.train import step as steps
 from semsad_jax.train.monitors import knn_report, pixel_floor
 from semsad_jax.train.stage import StageContext, StagePlan, run_stage
+from semsad_jax.workdir.layout import TRAIN_DIGEST
 
 log = logging.getLogger(__name__)
 STAGE = "encoder"
@@ -108,6 +109,7 @@ def train_encoder(
     batch = int(section.batch_size)
     steps.check_batch_size(batch, len(train), ctx.mesh, "encoder.batch_size")
     dtype = compute_dtype(ctx.dtype)
+    identity = {**identity, TRAIN_DIGEST: train.digest}  # the images it trains on, by content
 
     make_step = lambda setup: bound_train_step(setup, train.images)
 

@@ -15,6 +15,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from semsad_jax.workdir.space import reporting_disk_full
+
 log = logging.getLogger(__name__)
 
 __all__ = ["MetricsWriter", "Progress"]
@@ -76,8 +78,16 @@ class MetricsWriter:
             return
         record = {"step": int(step), "time": round(time.time(), 3)}
         record.update({k: _jsonable(v) for k, v in metrics.items()})
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        line = json.dumps(record) + "\n"
+        size = os.path.getsize(self.path) if os.path.exists(self.path) else 0
+        with reporting_disk_full(self.path, len(line), "a metrics line"):
+            try:
+                with open(self.path, "a") as f:
+                    f.write(line)
+            except OSError:  # never leave half a line behind
+                with open(self.path, "r+") as f:
+                    f.truncate(size)
+                raise
         if self._tb is not None:
             import tensorflow as tf
 

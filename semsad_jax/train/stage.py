@@ -29,7 +29,7 @@ from semsad_jax.train.logs import MetricsWriter
 from semsad_jax.train.loop import TrainState, resume, run_loop
 from semsad_jax.train.step import StepSetup, init_state
 from semsad_jax.workdir.checkpoints import StageCheckpoints
-from semsad_jax.workdir.layout import Workdir
+from semsad_jax.workdir.layout import IDENTITY_VERSION, Workdir, identity_digest
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,14 @@ def run_stage(plan: StagePlan, ctx: StageContext) -> dict:
     graphdef, tx, state = init_state(plan.build(), section, plan.steps_per_epoch, ctx.mesh)
     checkpoints = StageCheckpoints(wd.stage_dir(plan.name), keep=int(section.keep_checkpoints))
     state, start = resume(plan.name, checkpoints, state, total)
-    base = {"identity": plan.identity, "total_steps": total, **plan.record}
+    base = {
+        "identity": plan.identity,
+        "identity_version": IDENTITY_VERSION,
+        "identity_digest": identity_digest(plan.identity),
+        "epochs": int(section.epochs),
+        "total_steps": total,
+        **plan.record,
+    }
     wd.write(wd.stage_json(plan.name), {**base, "finished": False})
     setup = StepSetup(
         graphdef=graphdef,

@@ -20,7 +20,6 @@ differ from what bank.json records.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import time
@@ -31,17 +30,17 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
-from semsad_jax.data.arrays import ImageSet
+from semsad_jax.data.arrays import ImageSet, array_digest
 from semsad_jax.errors import SemsadError
 from semsad_jax.method.features import compute_features
 from semsad_jax.method.neighbours import label_neighbourhoods, pooled_neighbourhoods
 from semsad_jax.parallel.launch import sync
-from semsad_jax.parallel.mesh import make_mesh, release_pages, to_host
+from semsad_jax.parallel.mesh import make_mesh, to_host
 from semsad_jax.workdir.layout import Workdir, as_workdir
+from semsad_jax.workdir.space import check_free, free_bytes, reporting_disk_full, tree_bytes
 
 log = logging.getLogger(__name__)
 BANK_FORMAT = 1
-_DIGEST_CHUNK_BYTES = 64 << 20
 _DTYPES = {"features": "float32", "neighbours": "int32", "images": "uint8", "labels": "int32"}
 
 
@@ -68,20 +67,9 @@ class Bank:
 
 
 def tree_digest(tree: Any) -> str:
-    """A short hex digest of the shapes, dtypes and bytes of every leaf of ``tree``.
-
-    Leaves are host arrays (read in chunks, so a memory-mapped set is never copied whole) or jax
-    arrays (fetched with :func:`to_host`).
-    """
-    h = hashlib.blake2b(digest_size=8)
-    for leaf in jax.tree.leaves(to_host(tree)):
-        h.update(f"{leaf.shape}{leaf.dtype}".encode())
-        flat = np.ascontiguousarray(leaf).reshape(-1)
-        step = max(1, _DIGEST_CHUNK_BYTES // max(flat.itemsize, 1))
-        for start in range(0, flat.size, step):
-            h.update(flat[start : start + step].tobytes())
-        release_pages(leaf)
-    return h.hexdigest()
+    """:func:`~semsad_jax.data.arrays.array_digest` of every leaf of ``tree`` (host arrays, or
+    jax arrays fetched with :func:`to_host`)."""
+    return array_digest(jax.tree.leaves(to_host(tree)))
 
 
 NEIGHBOURHOODS = ("encoder", "labels")
@@ -104,7 +92,7 @@ def _expected_meta(section: Any, train: ImageSet, encoder_digest: str, seed: int
         "seed": int(seed),
         "image_size": int(train.images.shape[1]),
         "encoder_digest": encoder_digest,
-        "images_digest": tree_digest(train.images),
+        "images_digest": train.digest,
     }
 
 
@@ -213,14 +201,29 @@ def save_bank(workdir: str | Workdir, bank: Bank) -> None:
     """Writes the arrays of ``bank`` with Orbax (bank.json is written by the caller, last)."""
     wd = as_workdir(workdir)
     os.makedirs(wd.bank_dir, exist_ok=True)
+    arrays = _arrays(bank)
+    needed = tree_bytes(arrays)
+    # the old arrays (replaced below) give their space back
+    if free_bytes(wd.bank_dir) + _dir_bytes(wd.bank_arrays) < needed:
+        check_free(wd.bank_dir, needed, f"the feature bank of {len(bank)} images")
     if jax.process_index() == 0 and os.path.exists(wd.bank_json):
         os.remove(wd.bank_json)  # the arrays are about to change: the old description is void
     sync(f"remove {wd.bank_json}")
     wd.forget(wd.bank_json)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(wd.bank_arrays, _arrays(bank), force=True)
-    checkpointer.wait_until_finished()
-    checkpointer.close()
+    what = f"the feature bank of {len(bank)} images"
+    # a bank without bank.json is incomplete: a rerun rebuilds it from the finished encoder
+    with reporting_disk_full(wd.bank_dir, needed, what, cleanup=[wd.bank_arrays]):
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(wd.bank_arrays, arrays, force=True)
+        checkpointer.wait_until_finished()
+        checkpointer.close()
+
+
+def _dir_bytes(path: str) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    return total
 
 
 def load_bank(workdir: str | Workdir) -> Bank:

@@ -14,6 +14,11 @@ or dtypes differ from the model being restored is refused (never moved, never ov
 unfinished save of a run killed while saving (``<step>.orbax-checkpoint-tmp``) is reported and
 moved aside to ``unfinished-<step>-<time>`` before the first save of the next run.
 
+A full disk (:mod:`semsad_jax.workdir.space`): each save first checks the free space against the
+state's size; a save that still fails for want of space has its temporary directory removed and
+stops the run with one line (:class:`~semsad_jax.errors.DiskFull`) naming the directory, the space
+needed and the step a rerun resumes from. Committed checkpoints are never touched by a failed save.
+
 Several processes: every process calls save and restore (Orbax writes one checkpoint together and
 synchronises them); the moves aside are process 0's, followed by a barrier.
 """
@@ -31,6 +36,13 @@ import orbax.checkpoint as ocp
 
 from semsad_jax.errors import SemsadError
 from semsad_jax.parallel.launch import sync
+from semsad_jax.workdir.space import (
+    check_free,
+    free_bytes,
+    quiet_disk_full_logs,
+    reporting_disk_full,
+    tree_bytes,
+)
 
 log = logging.getLogger(__name__)
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"
@@ -56,8 +68,10 @@ class StageCheckpoints:
         self.keep = keep
         self.asynchronous = asynchronous
         os.makedirs(self.directory, exist_ok=True)
+        quiet_disk_full_logs()
         self._manager = self._new_manager()
         self._saved_before = False
+        self._pending: tuple[int, int] | None = None  # (step, bytes) of the save in flight
 
     def _new_manager(self) -> ocp.CheckpointManager:
         options = ocp.CheckpointManagerOptions(
@@ -76,21 +90,48 @@ class StageCheckpoints:
         return sorted(self._manager.all_steps())
 
     def save(self, step: int, state: Any) -> None:
-        """Saves ``state`` (a pytree of arrays) as ``step``; no-op if that step already exists."""
+        """Saves ``state`` (a pytree of arrays) as ``step``; no-op if that step already exists.
+
+        Raises :class:`~semsad_jax.errors.DiskFull` (one line) when the disk cannot hold it; the
+        checkpoints committed before stay as they were.
+        """
         if not self._saved_before:
             self._saved_before = True
             self._set_aside_unfinished()
         if step in self._manager.all_steps():
             return
-        self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+        needed = tree_bytes(state)
+        in_flight = self._pending[1] if self._pending else 0  # an earlier save still writing
+        if free_bytes(self.directory) < needed + in_flight:
+            self.wait()
+            check_free(self.directory, needed, f"the checkpoint of step {step}", self._then())
+        with self._reporting(step, needed):
+            self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+        self._pending = (step, needed)
 
     def wait(self) -> None:
-        """Blocks until every asynchronous save has been committed to disk."""
-        self._manager.wait_until_finished()
+        """Blocks until every asynchronous save has been committed to disk (DiskFull if a save
+        in flight failed for want of space)."""
+        step, needed = self._pending or (None, 0)
+        with self._reporting(step, needed):
+            self._manager.wait_until_finished()
+        self._pending = None
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
+        self.wait()
         self._manager.close()
+
+    def _then(self) -> str:
+        done = _steps_on_disk(self.directory)
+        where = f"from step {done[-1]}" if done else "from the start"
+        return f"rerun the same command to resume {where}"
+
+    def _reporting(self, step: int | None, needed: int):
+        what = "the checkpoint" + (f" of step {step}" if step is not None else "")
+        tmp = lambda: [
+            os.path.join(self.directory, n) for n in os.listdir(self.directory) if _TMP_SUFFIX in n
+        ]
+        return reporting_disk_full(self.directory, needed, what, self._then(), cleanup=tmp)
 
     def restore(self, target: Any, step: int | None = None) -> tuple[Any, int] | None:
         """Restores the newest readable checkpoint (or exactly ``step``) into the shape of ``target``.

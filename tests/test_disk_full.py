@@ -261,3 +261,31 @@ def test_json_and_metrics_writes_leave_no_half_file(tmp_path, monkeypatch):
         json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()
     ] == [1]
     assert sorted(os.listdir(tmp_path)) == ["metrics.jsonl", "stage.json"]
+
+
+def test_cache_on_a_full_disk_decodes_in_memory(tmp_path, monkeypatch, caplog):
+    """The decoded-data cache preallocates its images file: a full cache disk means a warning and
+    an uncached set, never a SIGBUS from writing into a sparse mapping."""
+    from PIL import Image
+
+    from semsad_jax.data.sources import load_images
+
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        os.makedirs(tmp_path / "imgs" / f"c{i % 2}", exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (9, 9, 3), dtype=np.uint8)).save(
+            tmp_path / "imgs" / f"c{i % 2}" / f"{i}.png"
+        )
+    spec = f"folder:{tmp_path / 'imgs'}"
+    plain = load_images(spec, 8, cache_dir="none")
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    cache = tmp_path / "cache"
+    with caplog.at_level("WARNING"):
+        loaded = load_images(spec, 8, cache_dir=str(cache))
+    np.testing.assert_array_equal(loaded.images, plain.images)
+    assert "cannot hold" in caplog.text
+    assert [n for n in os.listdir(cache) if ".tmp" in n] == []  # no half-written file left

@@ -85,12 +85,30 @@ def _atomic(path: str, write) -> None:
             os.remove(tmp)
 
 
-def new_images(path: str, shape: tuple[int, ...]) -> np.memmap:
+def new_images(path: str, shape: tuple[int, ...]) -> np.ndarray:
     """A writable memory-mapped uint8 .npy of ``shape`` for the entry ``path``, to decode into;
     it becomes the entry's images file when :func:`write_cache` gets it (or a view of its first
-    rows)."""
+    rows).
+
+    Its blocks are allocated at once (``posix_fallocate``): writing into a sparse mapping on a
+    full disk would kill the process with SIGBUS. When the cache's disk cannot hold the set, a
+    warning says so and an in-memory array is returned instead (:func:`write_cache` then tries
+    an ordinary write, which only warns when it fails).
+    """
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    return np.lib.format.open_memmap(_tmp(images_file(path)), "w+", np.uint8, shape)
+    tmp = _tmp(images_file(path))
+    images = np.lib.format.open_memmap(tmp, "w+", np.uint8, shape)
+    try:
+        with open(tmp, "r+b") as handle:
+            os.posix_fallocate(handle.fileno(), 0, os.path.getsize(tmp))
+    except (OSError, AttributeError) as err:  # AttributeError: no posix_fallocate (macOS)
+        if isinstance(err, AttributeError):
+            return images
+        del images
+        os.remove(tmp)
+        log.warning("the cache's disk cannot hold %s (%s); decoding in memory", path, err)
+        return np.empty(shape, np.uint8)
+    return images
 
 
 def write_cache(path: str, arrays: dict[str, np.ndarray]) -> None:

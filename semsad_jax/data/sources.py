@@ -272,6 +272,7 @@ def load_images(
     return loaded
 
 
-def _track(images: np.memmap, pending: list[str]) -> np.memmap:
-    pending.append(images.filename)
+def _track(images: np.ndarray, pending: list[str]) -> np.ndarray:
+    if isinstance(images, np.memmap):  # not when the cache's disk was full (in memory)
+        pending.append(images.filename)
     return images

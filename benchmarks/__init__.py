@@ -1,1 +1,1 @@
-"""Benchmarks of semsad-jax (throughput, PyTorch peer, CIFAR-10 quality); not part of the package."""
+"""Benchmarks of semsad-jax, not part of the package: ``python -m benchmarks --help`` lists them."""

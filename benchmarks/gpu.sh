@@ -45,16 +45,16 @@ fi
 
 # 1. Throughput. (a) the encoder step, ours in bf16 + f32 against the PyTorch peer (torchvision
 # when importable); (b) the other hot paths. Two runs so that each fits its own time limit.
-run timeout "$PHASE_PEER" "$PY" benchmarks/throughput.py --preset="$BENCH_PRESET" \
+run timeout "$PHASE_PEER" "$PY" -m benchmarks throughput --preset="$BENCH_PRESET" \
   --dtypes=bfloat16,float32 --benches=encoder,encoder_noaug --torch \
   --torch-dtypes=float32,bfloat16 --out="$OUTDIR/throughput_peer.json" \
   2>&1 | tee "$OUTDIR/throughput.log"
-run timeout "$PHASE_THROUGHPUT" "$PY" benchmarks/throughput.py --preset="$BENCH_PRESET" \
+run timeout "$PHASE_THROUGHPUT" "$PY" -m benchmarks throughput --preset="$BENCH_PRESET" \
   --dtypes=bfloat16,float32 --benches=discriminator,augment,bank,knn \
   --out="$OUTDIR/throughput_other.json" 2>&1 | tee -a "$OUTDIR/throughput.log"
 
 # 2. Quality, GPU budget (workdirs outside OUTDIR: checkpoints are large and deep).
-run timeout "$PHASE_QUALITY" "$PY" benchmarks/cifar10_quality.py --budget="$QUALITY_BUDGET" \
+run timeout "$PHASE_QUALITY" "$PY" -m benchmarks cifar10_quality --budget="$QUALITY_BUDGET" \
   --archive="$ARCHIVE" --out="$OUTDIR/quality" --work=/tmp/semsad_quality_work \
   2>&1 | tee "$OUTDIR/quality.log"
 echo "done: $(ls "$OUTDIR" "$OUTDIR/quality" 2>/dev/null | tr '\n' ' ')"

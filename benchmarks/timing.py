@@ -1,4 +1,5 @@
-"""Timing, result rows, tables and JSON output shared by the benchmark scripts.
+"""Timing, result rows, tables and JSON output shared by every benchmark (timings/, experiments/,
+peer/).
 
 A benchmark is a callable that does one unit of work (a training step, one augmented batch, ...)
 and returns something to block on. :func:`time_call` runs it ``warmup`` times untimed (compilation,
@@ -13,18 +14,9 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def ensure_repo_on_path() -> None:
-    """Makes ``import semsad_jax`` / ``configs`` / ``benchmarks`` work when run as a script."""
-    if ROOT not in sys.path:
-        sys.path.insert(0, ROOT)
 
 
 def _block(result: Any) -> None:

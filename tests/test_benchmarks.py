@@ -4,12 +4,14 @@ import dataclasses
 import json
 import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from benchmarks import cifar10_quality, quality_table, throughput
+from benchmarks.experiments import cifar10_quality, quality_table
 from benchmarks.timing import time_call
+from benchmarks.timings import throughput
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,7 +68,7 @@ def test_time_call_reports_median_of_rounds():
 
 
 def test_random_neighbours_never_self():
-    from benchmarks.disc_step import random_neighbours
+    from benchmarks.timings.disc_step import random_neighbours
 
     nn = random_neighbours(50, 4)
     assert nn.shape == (50, 4) and nn.dtype == np.int32
@@ -271,7 +273,7 @@ def test_torch_reference_matches_ours():
     torch = pytest.importorskip("torch")
     from flax import nnx
 
-    from benchmarks import torch_reference
+    from benchmarks.peer import torch_reference
     from semsad_jax.method.losses import infonce
     from semsad_jax.models import ResNet, count_params
 
@@ -293,7 +295,7 @@ def test_torch_reference_matches_ours():
 
 def test_torch_peer_rows():
     pytest.importorskip("torch")
-    from benchmarks import torch_peer
+    from benchmarks.peer import torch_peer
 
     images = np.random.default_rng(0).integers(0, 256, (32, 8, 8, 3), np.uint8)
     rows = torch_peer.bench_torch(
@@ -316,7 +318,7 @@ def test_torch_peer_rows():
 
 def test_device_augment_ranges():
     torch = pytest.importorskip("torch")
-    from benchmarks.torch_device_augment import device_augment
+    from benchmarks.peer.torch_device_augment import device_augment
 
     torch.manual_seed(0)
     x = torch.randint(0, 256, (64, 8, 8, 3), dtype=torch.uint8)
@@ -337,16 +339,39 @@ def test_gpu_script_dry_run(tmp_path):
         check=True,
     ).stdout
     assert (
-        "benchmarks/throughput.py --preset=gpu --dtypes=bfloat16,float32 --benches=encoder" in out
+        "-m benchmarks throughput --preset=gpu --dtypes=bfloat16,float32 --benches=encoder" in out
     )
-    assert "benchmarks/cifar10_quality.py --budget=gpu" in out
+    assert "-m benchmarks cifar10_quality --budget=gpu" in out
+
+
+def test_one_entry_lists_every_benchmark_and_the_old_paths_still_run():
+    """``python -m benchmarks --help`` names every benchmark, and each old path
+    ``benchmarks/NAME.py`` (the documented commands; now a shim) runs NAME: here its --help."""
+    from benchmarks.__main__ import BENCHMARKS
+
+    listing = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--help"], cwd=ROOT, capture_output=True, text=True
+    ).stdout
+    assert all(f"\n  {name} " in listing for name in BENCHMARKS), listing
+    top = os.listdir(os.path.join(ROOT, "benchmarks"))
+    shims = {f[:-3] for f in top if f.endswith(".py") and not f.startswith("_")} - {"timing"}
+    assert shims == set(BENCHMARKS)
+    for name in sorted(shims):
+        out = subprocess.run(
+            [sys.executable, os.path.join("benchmarks", f"{name}.py"), "--help"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 0, (name, out.stderr[-2000:])
+        assert out.stdout.startswith("usage:") and "--" in out.stdout, name
 
 
 def test_conv_impl_shapes_cover_every_convolution_of_the_model(monkeypatch):
     import jax
     from flax import nnx
 
-    from benchmarks import conv_impl
+    from benchmarks.timings import conv_impl
     from semsad_jax.models import Conv, ResNet
 
     for depth in (18, 34):
@@ -428,7 +453,7 @@ def test_quality_overrides_reach_the_config():
 def test_shortcut_analysis_on_the_smoke_detector(tmp_path):
     import trained_smoke
 
-    from benchmarks import shortcuts
+    from benchmarks.experiments import shortcuts
 
     det = trained_smoke.detector()
     images = det.bank.images[:12]
@@ -446,7 +471,7 @@ def test_shortcut_analysis_on_the_smoke_detector(tmp_path):
 
 
 def test_neighbour_pool_measure():
-    from benchmarks import neighbour_pool
+    from benchmarks.experiments import neighbour_pool
 
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(4), 50)
@@ -459,7 +484,7 @@ def test_neighbour_pool_measure():
 
 @pytest.mark.parametrize("mode", ["feed", "epoch"])
 def test_host_memory_runs_on_a_small_mapped_set(mode, tmp_path):
-    from benchmarks import host_memory
+    from benchmarks.timings import host_memory
 
     out = tmp_path / "h.json"
     args = [f"--mode={mode}", f"--dir={tmp_path}", "--num-images=256", "--image-size=8"]
@@ -472,8 +497,8 @@ def test_host_memory_runs_on_a_small_mapped_set(mode, tmp_path):
 
 
 def test_scaling_worker_reports_one_row(capsys):
-    """The per-process part of benchmarks/scaling.py (its launch is tests/test_multiprocess.py's)."""
-    from benchmarks import scaling
+    """The per-process part of benchmarks/timings/scaling.py (its launch: tests/launch.py)."""
+    from benchmarks.timings import scaling
 
     scaling.main(["--worker", "--preset=tiny", "--repeats=1", "--calls=1"])
     (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith(scaling.MARK)]

@@ -34,7 +34,7 @@ import pytest
 
 pytest.importorskip("ml_collections")
 
-from benchmarks.launch import Launch
+from launch import Launch  # tests/launch.py
 
 pytestmark = [
     pytest.mark.slow,

@@ -118,7 +118,7 @@ def bench_placement(args, dtype: str, images: np.ndarray, mesh) -> list[dict]:
 
 
 def bench_discriminator(args, dtype: str, images: np.ndarray, mesh) -> dict:
-    from benchmarks import disc_step
+    from benchmarks.timings import disc_step
 
     config = encoder_config(args, dtype)
     call, pairs, source = disc_step.make_benchmark_call(config, images, mesh)

@@ -1,10 +1,11 @@
-"""Launching ``main.py`` (or any script) as several processes on this machine (loopback), as on
-several hosts.
+"""Launching ``main.py`` (or any script or module) as several processes on this machine (loopback),
+as on several hosts: the test helper of tests/test_multiprocess.py.
 
 Each process gets the three launch variables (``JAX_COORDINATOR_ADDRESS`` on 127.0.0.1 and a free
 port, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``) and its own fake CPU devices. Processes start in
 their own session, so :meth:`Launch.kill_all` ends each one with its children; :meth:`Launch.wait`
-never waits past its deadline. Used by tests/test_multiprocess.py and benchmarks/scaling.py.
+never waits past its deadline. The scaling benchmark (benchmarks/timings/scaling.py) times the very
+launch that test checks, so it imports this module (``tests.launch``) rather than keep its own.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ class Launch:
 
     Args:
       args: the script's flags (every process the same, unless ``per_process`` changes them).
-      script: the script to run (default: main.py); xla_flags: XLA flags besides the device count.
+      script: the script to run (default: main.py); module: run ``python -m module`` instead;
+        xla_flags: XLA flags besides the device count.
       log_dir: where ``p<i>.log`` (stdout and stderr of process i) goes.
       env: the base environment; ``env_for`` may change it per process (``i -> {name: value}``).
     """
@@ -79,6 +81,7 @@ class Launch:
         env_for=None,
         per_process=None,
         script: str = os.path.join(ROOT, "main.py"),
+        module: str | None = None,
         xla_flags: str = FAST_COMPILE,
     ):
         port = free_port()
@@ -90,7 +93,7 @@ class Launch:
                 env, devices=devices, count=count, process_id=i, port=port, xla_flags=xla_flags
             )
             child.update((env_for or (lambda i: {}))(i))
-            cmd = [sys.executable, script, *args]
+            cmd = [sys.executable, *(("-m", module) if module else (script,)), *args]
             cmd += list((per_process or (lambda i: []))(i))
             with open(self.logs[i], "w") as log:
                 self.procs.append(

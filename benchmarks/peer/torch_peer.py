@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks import torch_reference
+from benchmarks.peer import torch_reference
+from benchmarks.peer.torch_device_augment import device_augment
 from benchmarks.timing import row, time_call
-from benchmarks.torch_device_augment import device_augment
 
 TEMPERATURE = 0.5
 

@@ -1,9 +1,9 @@
 """Detection quality on the shared CIFAR-10 archive: class split, one-class and far-OOD protocols.
 
-    python -m benchmarks cifar10_quality --budget=cpu --split=validation --out=runs/val_cpu  # choose
-    python -m benchmarks cifar10_quality --budget=cpu --split=report --out=runs/report_cpu    # report
-    python -m benchmarks cifar10_quality --budget=gpu --out=$OUT/quality       # one H100
-    python -m benchmarks cifar10_quality --budget=tiny --out=/tmp/q            # smoke test
+    python -m benchmarks cifar10_quality --budget=cpu --split=validation --out=runs/val_cpu # choose
+    python -m benchmarks cifar10_quality --budget=cpu --split=report --out=runs/report_cpu  # report
+    python -m benchmarks cifar10_quality --budget=gpu --out=$OUT/quality                # one H100
+    python -m benchmarks cifar10_quality --budget=tiny --out=/tmp/q                     # smoke test
 
 Protocols (labels only choose the sets; training never sees them):
 

@@ -9,8 +9,8 @@ each round blocked with ``jax.block_until_ready``), for each ``--dtypes`` entry:
 - ``encoder_train``: the real encoder step (:func:`semsad_jax.train.encoder.make_train_step`): batch gather
   from the on-device set, two augmented views, forward/backward, Adam. Items = augmented views.
 - ``encoder_step_no_aug``: the same step with the identity augmentation (the ``t_org`` preset).
-- ``discriminator_train``: the real discriminator step (:mod:`benchmarks.timings.disc_step`). Items =
-  pairs (B positive + B negative).
+- ``discriminator_train``: the real discriminator step (:mod:`benchmarks.timings.disc_step`).
+  Items = pairs (B positive + B negative).
 - ``augment``: ``augment_batch`` with the encoder preset alone. Items = images.
 - ``encoder_train_device`` / ``encoder_train_host`` (``--benches=placement``): the encoder step
   with ``data.placement`` device (the set on every device) and host (each step's rows gathered on

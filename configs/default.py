@@ -40,6 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # ---- encoder h (contrastive) -------------------------------------------------------------
     c.encoder = e = ml_collections.ConfigDict()
+    # architecture
     e.depth = 18  # 18 or 34 (CIFAR ResNet: 3x3 stem, stride 1, no max-pool).
     e.width = 64  # Channels of the first stage (64 = standard ResNet).
     e.norm = "batch"  # "batch" or "group".
@@ -48,9 +49,12 @@ def get_config() -> ml_collections.ConfigDict:
     # How convolutions run, never what they compute (checkpoints are shared): "auto" (patches @
     # kernel where XLA:CPU's convolution is slow, see models.use_matmul_conv), "xla" or "matmul".
     e.conv_impl = "auto"
+    # loss
     e.loss = "infonce"  # "infonce" (authors': view1 rows vs view2 columns) or "ntxent" (symmetric).
     e.temperature = 1.0  # Paper: 1.0; authors' code: 0.5.
+    # augmentation
     e.augment = "encoder"  # Augmentation preset for the two views (see semsad_jax.augment.PRESETS).
+    # optimiser
     e.batch_size = 2048  # Global batch (split over all devices and hosts).
     e.epochs = 1500
     e.optimizer = "adam"  # "adam", "adamw", "amsgrad" or "sgd" (momentum 0.9).
@@ -60,15 +64,18 @@ def get_config() -> ml_collections.ConfigDict:
     e.warmup_epochs = 0
     e.lr_boundaries = ()  # Epochs at which piecewise schedule multiplies lr by lr_scales[i].
     e.lr_scales = ()
+    # loop cadence
     e.checkpoint_every_steps = 500
     e.keep_checkpoints = 3
     e.log_every_steps = 20
+    # monitors
     e.knn_every_epochs = 0  # kNN monitor every M epochs during training (0 = only at the end).
     e.knn_k = 200
     e.knn_temperature = 0.1
 
     # ---- discriminator s (pair classifier) ---------------------------------------------------
     c.discriminator = s = ml_collections.ConfigDict()
+    # architecture
     s.depth = 34  # Paper: 18/34; authors' code: 34.
     s.width = 64
     s.activation = "elu"
@@ -78,6 +85,7 @@ def get_config() -> ml_collections.ConfigDict:
     s.out_dim = 1  # Paper: 1; authors' code: 64 logits (loss averaged over them, score = sum).
     s.head = "mlp"  # Paper App. D.2: "the projecting head maps to a scalar value" (MLP, ELU); authors: "linear".
     s.conv_impl = "auto"  # As encoder.conv_impl.
+    # loss and pairs
     s.neighbours = 4  # k of the semantic neighbourhood S(x).
     # S(x) = the k nearest by h among neighbour_pool random training images (paper App. D.2 and
     # Table 3: 10k); 0 = among the whole training set. Sets of at most neighbour_pool images: the same.
@@ -90,12 +98,14 @@ def get_config() -> ml_collections.ConfigDict:
     # Extension (0 = the paper): this fraction of negatives pairs x with a rotated / quadrant-
     # permuted copy of itself, so "same low-level statistics" stops being a cue for "positive".
     s.shifted_negatives = 0.0
+    s.gamma = "uniform"  # "uniform" (paper: U(1, 10)) or "integer" (authors': 1..9).
+    s.gamma_max = 10.0
+    # augmentation
     # Ablation (False = the paper, App. D): neighbour pairs through pos_augment too.
     s.neighbour_augment = False
     s.pos_augment = "t_pos"
     s.neg_augment = "t_neg"
-    s.gamma = "uniform"  # "uniform" (paper: U(1, 10)) or "integer" (authors': 1..9).
-    s.gamma_max = 10.0
+    # optimiser
     s.batch_size = 128
     s.epochs = 701
     s.steps_per_epoch = 0  # 0 = len(train) // batch_size; the authors' loader gives 5 on CIFAR.
@@ -108,9 +118,11 @@ def get_config() -> ml_collections.ConfigDict:
     s.warmup_epochs = 0
     s.lr_boundaries = (200, 500)  # Epochs. Paper: x0.2 after 200, x0.1 after 500.
     s.lr_scales = (0.2, 0.1)  # Authors' code: (0.2, 0.05) i.e. x0.01 overall from epoch 500.
+    # loop cadence
     s.checkpoint_every_steps = 500
     s.keep_checkpoints = 3
     s.log_every_steps = 20
+    # feature bank (inference)
     s.feature_batch_size = 1024  # Batch for feature-bank building (inference).
 
     # ---- evaluation ------------------------------------------------------------------------
@@ -134,7 +146,7 @@ def get_config() -> ml_collections.ConfigDict:
     v.plot_pairs = 512  # Training positive / negative pairs scored for the histogram (0 = none).
     v.report_dir = ""  # --mode=report output; "" = <common parent of --workdirs>/report.
 
-    c.workdir = ""  # Set by --workdir.
+    # ---- run ------------------------------------------------------------------------------
     c.progress = True  # Progress bar on stderr.
     c.tensorboard = False  # Also write TensorBoard summaries (needs tensorflow).
     return c

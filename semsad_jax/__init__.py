@@ -3,7 +3,8 @@
 ``import semsad_jax`` stays cheap (no jax import); ``semsad_jax.Detector`` is loaded on first use.
 """
 
-__version__ = "0.1.0"
+from semsad_jax._version import __version__ as __version__
+
 __all__ = ["Detector"]
 
 

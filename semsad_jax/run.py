@@ -9,8 +9,20 @@ needs (each set decoded once) and runs the stage(s)::
     encoder -> discriminator -> eval        (``all`` runs the three in order)
     score   (needs a finished, evaluated workdir)    report (aggregates several workdirs)
 
-This is the only module that reads the whole config: below it, every function takes the config
-section it uses.
+Who reads which part of the config:
+
+* the training stages take their own section (``train_encoder(config.encoder, ...)``,
+  ``train_discriminator(config.discriminator, ...)``) and the run's settings (``seed``, ``dtype``,
+  ``progress``, ``tensorboard``, ``data.placement``) in one :class:`StageContext`; the data
+  section goes to :class:`DataSets`;
+* ``run_report`` takes ``eval.report_dir``;
+* ``run_identities``, ``evaluate``, ``score_images`` and the ``Detector`` take the whole config:
+  they use every section (a stage's identity is its section, ``data``, ``seed`` and ``dtype``, and
+  the discriminator's includes the encoder's; evaluation restores both networks under those
+  identities, loads ``data``, scores with ``eval`` and records the whole config in results.json).
+
+The stages' identities are checked here, once, before anything is written (config.json included);
+the stage runner trusts that check (``StageContext.identities_checked``).
 """
 
 from __future__ import annotations
@@ -81,7 +93,7 @@ def run(
     if mode not in MODES:
         raise SemsadError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}.")
     if mode == "report":
-        return {"report": run_report(list(workdirs) or [workdir], config)}
+        return {"report": run_report(list(workdirs) or [workdir], config.eval.report_dir)}
     if mode == "score" and not images:
         raise SemsadError("--mode=score needs --images=SPEC (e.g. folder:my_images).")
     launch = parallel.initialize_distributed()
@@ -104,6 +116,7 @@ def run(
         tensorboard=bool(config.tensorboard),
         overwrite=overwrite,
         placement=str(config.data.get("placement", "auto")),
+        identities_checked=True,  # below, before anything is written
     )
     results: dict = {}
     with _workdir_lock(wd):
@@ -120,7 +133,6 @@ def run(
                 sets.train(),
                 sets.test(),
                 identity=identities["encoder"],
-                feature_batch_size=int(config.discriminator.feature_batch_size),
             )
         if "discriminator" in trains:
             encoder = restore_network(

@@ -1,4 +1,5 @@
-"""``--mode=eval`` and ``--mode=score``: SemSAD scores, two baselines, metrics, tables and plots.
+"""``--mode=eval``: SemSAD scores, the baselines, metrics, tables and plots (``--mode=score`` is
+:mod:`semsad_jax.evaluation.score`).
 
 For the in-distribution test set (``eval.in_distribution`` or ``data.test``) and every OOD set
 (``eval.ood`` plus repeatable ``--ood NAME=SPEC``), each image x gets
@@ -32,7 +33,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from semsad_jax import __version__
+from semsad_jax._version import __version__
 from semsad_jax.data.sets import DataSets
 from semsad_jax.data.specs import parse_spec
 from semsad_jax.errors import SemsadError

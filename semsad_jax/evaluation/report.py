@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
 
 import numpy as np
 
@@ -213,13 +212,13 @@ def report_table(report: dict) -> str:
     return title + "\n" + text_table(header, rows)
 
 
-def run_report(workdirs: list[str], config: Any = None, *, out_dir: str | None = None) -> dict:
+def run_report(workdirs: list[str], out_dir: str | None = None) -> dict:
     """Aggregates evaluated workdirs; writes report.json and report.txt and prints the table.
 
     Args:
       workdirs: evaluated run directories (each with eval/results.json, ideally eval/scores.npz).
-      config: optional config; ``eval.report_dir`` names the output directory.
-      out_dir: output directory; default ``eval.report_dir`` or ``<common parent of workdirs>/report``.
+      out_dir: output directory (``eval.report_dir``); None or "": ``<common parent of
+        workdirs>/report``.
     Returns:
       the report dict (also in report.json).
     """
@@ -238,8 +237,7 @@ def run_report(workdirs: list[str], config: Any = None, *, out_dir: str | None =
         "metrics": aggregate(runs),
         "majority_vote": majority_vote(runs, [s for _, s in loaded]),
     }
-    report_dir = config.eval.report_dir if config is not None else ""
-    out_dir = out_dir or report_dir or os.path.join(os.path.commonpath(workdirs), "report")
+    out_dir = out_dir or os.path.join(os.path.commonpath(workdirs), "report")
     table = report_table(report)
     os.makedirs(out_dir, exist_ok=True)
     write_json(os.path.join(out_dir, "report.json"), report)

@@ -8,6 +8,12 @@ by ``fold_in(seed, pass)``, samples positive and negative pairs (:mod:`semsad_ja
 gamma with keys from ``fold_in(seed, step)``, all inside one jitted, state-donating step, so a
 resumed run continues exactly as an uninterrupted one would.
 
+Read top to bottom: :func:`row_indices` (the rows a step reads), :func:`make_train_step` (the
+jitted step, from a small in-process cache, see ``_STEP_CACHE``), :func:`bound_train_step` (it with
+its data: a :class:`~semsad_jax.train.stage.CompiledStep`) and :func:`train_discriminator` (the
+bank, then the stage, run by :func:`semsad_jax.train.stage.run_stage`). It reads only the
+``discriminator`` section (and the run's settings in :class:`StageContext`).
+
 Norms: ``batch`` puts positives and negatives through ONE forward pass (BatchNorm sees a mixed
 batch; running statistics at inference); ``group`` likewise; ``batch_transductive`` (the authors')
 runs positives and negatives in TWO forward passes with batch statistics, also at inference.
@@ -17,6 +23,7 @@ batch's positive / negative pairs), gamma, and ``images_per_s`` counting pairs (
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from typing import Any
@@ -38,9 +45,9 @@ from semsad_jax.method.pairs import (
 )
 from semsad_jax.method.scoring import forward_pairs
 from semsad_jax.models.build import build, compute_dtype, model_stats
+from semsad_jax.train import stage
 from semsad_jax.train import step as steps
 from semsad_jax.train.monitors import heldout_report
-from semsad_jax.train.stage import StageContext, StagePlan, run_stage
 from semsad_jax.workdir.bank import build_bank
 from semsad_jax.workdir.layout import TRAIN_DIGEST
 
@@ -54,7 +61,14 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 STAGE = "discriminator"
-_STEP_CACHE: dict = {}  # jitted steps by _step_cache_key (insertion order = age)
+# Jitted steps by _step_cache_key (insertion order = age). JAX's own jit cache keys on the function
+# object, and make_train_step builds a new closure per run, so without this every run in one process
+# (tests, benchmarks, notebooks) compiles the step again. Measured (configs/smoke.py, three
+# `run(..., "discriminator", overwrite=True)` in one process, CPU, 1 device): 1.9 s and 2.5 s per
+# repeated run with this cache, 32.7 s without it (the first run: 36 s / 55 s). Keyed by
+# everything the step reads but the seed (an argument): graphdef, section, dtype, placement,
+# num_images, mesh, state shardings.
+_STEP_CACHE: dict = {}
 _STEP_CACHE_SIZE = 4
 
 
@@ -83,11 +97,12 @@ def row_indices(setup: steps.StepSetup):
 
 
 def make_train_step(setup: steps.StepSetup):
-    """The jitted step ``(state, data, neighbours i32 [N,k], step) -> (state, metrics)``.
+    """The jitted step ``(state, data, neighbours i32 [N,k], step) -> (state, metrics)``, the
+    seed's key bound.
 
     ``data``: with ``setup.placement == "device"`` the whole uint8 set [N,H,W,3] replicated; with
     ``"host"`` the step's rows (batch, positive partners, negative partners: uint8 [B,H,W,3] each)
-    batch-sharded (:func:`steps.bind_data`). ``setup.section``: the ``discriminator`` config
+    batch-sharded (:class:`CompiledStep`). ``setup.section``: the ``discriminator`` config
     section. Neighbours are replicated; the state is donated. Metrics: loss, s_pos, s_neg, gamma,
     finite (every parameter finite). ``setup.tx`` must be ``make_optimizer(section, ...)``: steps
     are cached by everything but the seed (graphdef, section, dtype, num_images, mesh, shardings,
@@ -102,7 +117,21 @@ def make_train_step(setup: steps.StepSetup):
             while len(_STEP_CACHE) >= _STEP_CACHE_SIZE:
                 _STEP_CACHE.pop(next(iter(_STEP_CACHE)))
             _STEP_CACHE[cache_key] = jitted
-    return steps.with_seed_key(jitted, setup.seed, setup.mesh)
+    return functools.partial(jitted, root=stage.seed_key(setup))
+
+
+def _step_cache_key(setup: steps.StepSetup) -> tuple | None:
+    if not hasattr(setup.section, "to_dict"):
+        return None
+    leaves, treedef = jax.tree.flatten(setup.state_sharding)
+    # Everything the step reads but the seed (an argument): the section's settings and the dtype.
+    settings = {
+        "section": setup.section.to_dict(),
+        "dtype": str(compute_dtype(setup.dtype)),
+        "placement": setup.placement,
+    }
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return (setup.graphdef, text, int(setup.num_images), setup.mesh, treedef, tuple(leaves))
 
 
 def _compile_step(setup: steps.StepSetup):
@@ -142,33 +171,22 @@ def _compile_step(setup: steps.StepSetup):
         metrics = {"loss": loss, "s_pos": mean_pos, "s_neg": mean_neg, "gamma": gamma}
         return new, {**metrics, "finite": finite}
 
-    return steps.jit_step(step_fn, setup)
+    return stage.jit_step(step_fn, setup)
 
 
-def bound_train_step(setup: steps.StepSetup, images: np.ndarray, neighbours: np.ndarray):
+def bound_train_step(
+    setup: steps.StepSetup, images: np.ndarray, neighbours: np.ndarray
+) -> stage.CompiledStep:
     """:func:`make_train_step` with the training images (for ``setup.placement``) and the
-    neighbour table bound: ``step(state, i) -> (state, metrics)`` (has ``close()``)."""
-    rows_at = row_indices(setup)
-    return steps.bind_data(make_train_step(setup), setup, images, rows_at, (neighbours,))
-
-
-def _step_cache_key(setup: steps.StepSetup) -> tuple | None:
-    if not hasattr(setup.section, "to_dict"):
-        return None
-    leaves, treedef = jax.tree.flatten(setup.state_sharding)
-    # Everything the step reads but the seed (an argument): the section's settings and the dtype.
-    settings = {
-        "section": setup.section.to_dict(),
-        "dtype": str(compute_dtype(setup.dtype)),
-        "placement": setup.placement,
-    }
-    text = json.dumps(settings, sort_keys=True, default=str)
-    return (setup.graphdef, text, int(setup.num_images), setup.mesh, treedef, tuple(leaves))
+    neighbour table bound: ``step(state, i) -> (state, metrics)``; ``close()`` when done."""
+    return stage.CompiledStep(
+        make_train_step(setup), setup, images, row_indices(setup), (neighbours,)
+    )
 
 
 def train_discriminator(
     section: Any,
-    ctx: StageContext,
+    ctx: stage.StageContext,
     train: ImageSet,
     encoder: tuple,
     test: ImageSet | None = None,
@@ -224,7 +242,7 @@ def train_discriminator(
             )
         return {"bank_build_seconds": bank.meta.get("build_seconds"), **heldout}
 
-    plan = StagePlan(
+    plan = stage.StagePlan(
         name=STAGE,
         section=section,
         identity=identity,
@@ -237,4 +255,4 @@ def train_discriminator(
         record={"encoder_digest": bank.meta["encoder_digest"]},
         report=report,
     )
-    return run_stage(plan, ctx)
+    return stage.run_stage(plan, ctx)

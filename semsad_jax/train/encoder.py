@@ -1,5 +1,10 @@
 """Stage 1: the contrastive encoder h (``--mode=encoder``).
 
+Read top to bottom: :func:`row_indices` (the rows a step reads), :func:`make_train_step` (the
+jitted step), :func:`bound_train_step` (it with its data: a :class:`~semsad_jax.train.stage.CompiledStep`)
+and :func:`train_encoder` (the stage, run by :func:`semsad_jax.train.stage.run_stage`). It reads
+only the ``encoder`` section (and the run's settings in :class:`StageContext`).
+
 The uint8 training set lives on every device (``data.placement=device``) or on the host, which
 then sends each step's batch rows (``host``, :mod:`semsad_jax.parallel.feed`). Each step draws its
 batch from a per-epoch permutation keyed by ``fold_in(seed, epoch)`` and augments two views with
@@ -9,6 +14,7 @@ a resumed run continues exactly as an uninterrupted one would.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -23,9 +29,9 @@ from semsad_jax.augment.presets import get_spec
 from semsad_jax.data.arrays import ImageSet
 from semsad_jax.method.losses import contrastive_loss
 from semsad_jax.models.build import build, compute_dtype, model_stats
+from semsad_jax.train import stage
 from semsad_jax.train import step as steps
 from semsad_jax.train.monitors import knn_report, pixel_floor
-from semsad_jax.train.stage import StageContext, StagePlan, run_stage
 from semsad_jax.workdir.layout import TRAIN_DIGEST
 
 log = logging.getLogger(__name__)
@@ -43,11 +49,11 @@ def row_indices(setup: steps.StepSetup):
 
 
 def make_train_step(setup: steps.StepSetup):
-    """The jitted step ``(state, data, step) -> (state, metrics)``.
+    """The jitted step ``(state, data, step) -> (state, metrics)``, the seed's key bound.
 
     ``data``: with ``setup.placement == "device"`` the whole uint8 set [N,H,W,3] replicated; with
     ``"host"`` the step's batch rows ``(uint8 [B,H,W,3],)`` batch-sharded (see
-    :func:`steps.bind_data`). ``setup.section``: the ``encoder`` config section. The state is
+    :class:`CompiledStep`). ``setup.section``: the ``encoder`` config section. The state is
     donated. Metrics: ``loss`` and ``finite`` (the loss and every parameter finite).
     """
     graphdef, tx, section, mesh = setup.graphdef, setup.tx, setup.section, setup.mesh
@@ -77,23 +83,23 @@ def make_train_step(setup: steps.StepSetup):
         new, loss, _, finite = steps.gradient_step(tx, state, loss_fn)
         return new, {"loss": loss, "finite": finite}
 
-    return steps.with_seed_key(steps.jit_step(step_fn, setup), setup.seed, mesh)
+    return functools.partial(stage.jit_step(step_fn, setup), root=stage.seed_key(setup))
 
 
-def bound_train_step(setup: steps.StepSetup, images: np.ndarray):
+def bound_train_step(setup: steps.StepSetup, images: np.ndarray) -> stage.CompiledStep:
     """:func:`make_train_step` with the training images bound for ``setup.placement``:
-    ``step(state, i) -> (state, metrics)`` (:func:`steps.bind_data`; has ``close()``)."""
-    return steps.bind_data(make_train_step(setup), setup, images, row_indices(setup))
+    ``step(state, i) -> (state, metrics)``; ``close()`` when done."""
+    return stage.CompiledStep(make_train_step(setup), setup, images, row_indices(setup))
 
 
 def train_encoder(
     section: Any,
-    ctx: StageContext,
+    ctx: stage.StageContext,
     train: ImageSet,
     test: ImageSet | None = None,
     *,
     identity: dict,
-    feature_batch_size: int = 1024,
+    feature_batch_size: int | None = None,
 ) -> dict:
     """Trains (or resumes, or reuses if finished) the encoder; returns its stage.json.
 
@@ -104,12 +110,14 @@ def train_encoder(
       test: optional labelled images for the kNN monitor (accuracy at the end and every
         ``section.knn_every_epochs``).
       identity: the encoder's identity (workdir.layout.stage_identity).
-      feature_batch_size: inference batch of the kNN monitor.
+      feature_batch_size: inference batch of the kNN monitor; None: ``section.batch_size`` (the
+        batch only sets how many images one call computes, never the features).
     """
     batch = int(section.batch_size)
     steps.check_batch_size(batch, len(train), ctx.mesh, "encoder.batch_size")
     dtype = compute_dtype(ctx.dtype)
     identity = {**identity, TRAIN_DIGEST: train.digest}  # the images it trains on, by content
+    feature_batch_size = int(feature_batch_size or batch)
 
     make_step = lambda setup: bound_train_step(setup, train.images)
 
@@ -133,7 +141,7 @@ def train_encoder(
             )
         return out
 
-    plan = StagePlan(
+    plan = stage.StagePlan(
         name=STAGE,
         section=section,
         identity=identity,
@@ -146,4 +154,4 @@ def train_encoder(
         on_epoch_end=on_epoch_end,
         report=report,
     )
-    return run_stage(plan, ctx)
+    return stage.run_stage(plan, ctx)

@@ -1,4 +1,5 @@
-"""What the jitted steps of both stages share: batch indices, the gradient step, state, seed key.
+"""What runs inside the jitted steps of both stages (batch indices, rows, the gradient step), the
+record they are compiled from (:class:`StepSetup`) and the initial state.
 
 Each stage's step is ``step_fn(state, *data, step, root_key)``: the batch is drawn with
 :func:`batch_indices` from a per-pass permutation keyed by ``fold_in(data_key, pass)``, augmented
@@ -14,7 +15,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh
@@ -27,14 +27,11 @@ from semsad_jax.train.optim import make_optimizer
 __all__ = [
     "StepSetup",
     "batch_indices",
-    "bind_data",
     "check_batch_size",
     "gradient_step",
     "init_state",
-    "jit_step",
     "take_rows",
     "tree_is_finite",
-    "with_seed_key",
 ]
 
 
@@ -46,7 +43,8 @@ class StepSetup:
       graphdef: the model's graph; tx: its optimiser; state_sharding: shardings of the state
       {"params", "batch_stats", "opt_state"} (replicated over ``mesh``); section: the stage's
       config section; num_images: training images the batches are drawn from; mesh: the device
-      mesh; seed: the run's seed (an argument of the compiled step, see :func:`with_seed_key`);
+      mesh; seed: the run's seed (an argument of the compiled step, see
+      :func:`semsad_jax.train.stage.seed_key`);
       dtype: the compute dtype; placement: where the training set lives, "device" or "host"
       (resolved from ``data.placement``, see :mod:`semsad_jax.parallel.feed`).
     """
@@ -78,38 +76,6 @@ def take_rows(data: Any, indices: tuple[jax.Array, ...], host: bool) -> tuple[ja
     """The step's batch rows at ``indices``: gathered from the whole set ``data`` (on the device),
     or ``data`` itself with ``host`` (the rows the host gathered at the same indices)."""
     return tuple(data) if host else tuple(data[i] for i in indices)
-
-
-def bind_data(
-    step: Callable,
-    setup: StepSetup,
-    images: np.ndarray,
-    row_indices: Callable[..., tuple[jax.Array, ...]],
-    extra: tuple = (),
-) -> Callable:
-    """``step(state, data, *extra, i)`` as ``train_step(state, i)`` with its data bound.
-
-    ``setup.placement == "device"``: ``data`` = ``images`` replicated on every device, once.
-    ``"host"``: ``data`` = the rows at ``row_indices(i, root_key, *extra)`` (the function the jitted
-    step also calls), gathered from ``images`` on the host by a :class:`parallel.HostFeed`, one step
-    ahead. ``extra`` (host arrays, e.g. the neighbour table) is replicated on every device. The
-    returned function has ``close()`` (stops the feed's thread).
-    """
-    on_devices = parallel.replicate(tuple(extra), setup.mesh)
-    if setup.placement != "host":
-        data = parallel.replicate(images, setup.mesh)
-        bound = lambda state, i: step(state, data, *on_devices, i)
-        bound.close = lambda: None
-        return bound
-    local = jax.local_devices()[0]  # every process computes the same indices on its own device
-    root = jax.device_put(jax.random.key(int(setup.seed)), local)
-    local_extra = tuple(jax.device_put(np.asarray(x), local) for x in extra)
-    rows_at = jax.jit(row_indices)
-    indices = lambda i: tuple(np.asarray(a) for a in rows_at(np.int32(i), root, *local_extra))
-    feed = parallel.HostFeed(images, indices, setup.mesh)
-    bound = lambda state, i: step(state, feed(int(i)), *on_devices, i)
-    bound.close = feed.close
-    return bound
 
 
 def tree_is_finite(tree: Any) -> jax.Array:
@@ -147,23 +113,6 @@ def init_state(
     tx = make_optimizer(section, steps_per_epoch)
     state = {"params": params, "batch_stats": stats, "opt_state": tx.init(params)}
     return graphdef, tx, parallel.replicate(state, mesh)
-
-
-def jit_step(step_fn: Callable, setup: StepSetup) -> Callable:
-    """``jax.jit(step_fn)`` with the state (argument 0) donated and kept in its sharding; metrics
-    (the second output) replicated."""
-    out = (setup.state_sharding, parallel.replicated(setup.mesh))
-    return jax.jit(step_fn, donate_argnums=(0,), out_shardings=out)
-
-
-def with_seed_key(jitted: Callable, seed: int, mesh: Mesh) -> Callable:
-    """``jitted(*args, key)`` as ``step(*args)``, with ``key = jax.random.key(seed)`` replicated.
-
-    The seed's key is an argument of the compiled step, not a constant in it: runs with other
-    seeds reuse the same program (in process, and through JAX's persistent compilation cache).
-    """
-    root = parallel.put(jax.random.key(int(seed)), parallel.replicated(mesh))
-    return lambda *args: jitted(*args, root)
 
 
 def check_batch_size(batch_size: int, num_images: int, mesh: Mesh, key: str) -> None:

@@ -1,9 +1,9 @@
-"""Every path and JSON file of a workdir, defined once; the workdir lock.
+"""Every path and JSON file of a workdir, defined once (the lock itself is :mod:`semsad_jax.workdir.lock`).
 
 A workdir holds one run::
 
     config.json               the resolved config (written once the stages' identities are checked)
-    .lock                     flock held by the process that writes (see WorkdirLock)
+    .lock                     flock held by the process that writes (workdir.lock)
     encoder/                  Orbax checkpoints, stage.json, metrics.jsonl   (train.encoder)
     bank/                     bank.json and the Orbax arrays                  (workdir.bank)
     discriminator/            as encoder/                                     (train.discriminator)
@@ -247,11 +247,14 @@ class Workdir:
             raise SemsadError(problem)
         return meta
 
-    def open_stage(self, stage: str, identity: dict, overwrite: bool) -> dict | None:
+    def open_stage(
+        self, stage: str, identity: dict, overwrite: bool, *, check: bool = True
+    ) -> dict | None:
         """The recorded metadata of a stage that may be resumed or reused, or None for a fresh one.
 
-        Refuses a stage trained with another identity (:meth:`check_identity`); with ``overwrite``
-        the old stage directory is moved aside (never deleted) and the stage starts afresh.
+        Refuses a stage trained with another identity (:meth:`check_identity`; ``check=False``:
+        the caller has checked it already); with ``overwrite`` the old stage directory is moved
+        aside (never deleted) and the stage starts afresh.
         """
         if overwrite:
             if self.stage_meta(stage) is not None or os.path.isdir(self.stage_dir(stage)):
@@ -259,7 +262,7 @@ class Workdir:
                 self.forget(self.stage_json(stage))
             sync(f"overwrite {self.stage_dir(stage)}")  # every process, moved or not
             return None
-        return self.check_identity(stage, identity)
+        return self.check_identity(stage, identity) if check else self.stage_meta(stage)
 
     def check_trained(self, stages: tuple[str, ...] = STAGES) -> None:
         """SemsadError unless every stage of ``stages`` finished training."""

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from semsad_jax.errors import SemsadError
-from semsad_jax.parallel.mesh import release_pages
+from semsad_jax.parallel.pages import release_pages
 
 __all__ = ["ImageSet", "array_digest", "check_image_size", "images_from_array"]
 _DIGEST_CHUNK_BYTES = 64 << 20

@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from semsad_jax.errors import SemsadError
-from semsad_jax.parallel.mesh import release_pages
+from semsad_jax.parallel.pages import release_pages
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ from jax.sharding import Mesh
 
 from semsad_jax.augment.apply import to_float
 from semsad_jax.errors import SemsadError
-from semsad_jax.parallel.mesh import release_pages, shard_batch, to_host
+from semsad_jax.parallel.mesh import shard_batch, to_host
+from semsad_jax.parallel.pages import release_pages
 
 
 def padded_batches(n: int, batch_size: int) -> list[tuple[int, int]]:

@@ -1,6 +1,8 @@
 """Devices, mesh, shardings, where the training set lives, and multi-process launch.
 
 * :mod:`~semsad_jax.parallel.mesh`: the 1-D ``('data',)`` mesh, shardings, host <-> device arrays;
+* :mod:`~semsad_jax.parallel.pages`: rows of a memory-mapped set read by ``preadv``, mapped pages
+  released;
 * :mod:`~semsad_jax.parallel.feed`: ``data.placement`` (device / host / auto) and the host feed;
 * :mod:`~semsad_jax.parallel.launch`: JAX's distributed runtime from the environment, the
   same-launch check, barriers and the exit of a process that lost a peer.
@@ -30,14 +32,13 @@ from semsad_jax.parallel.mesh import (
     check_divisible,
     make_mesh,
     put,
-    read_rows,
-    release_pages,
     replicate,
     replicated,
     shard_batch,
     shard_rows,
     to_host,
 )
+from semsad_jax.parallel.pages import read_rows, release_pages
 
 __all__ = [
     "AUTO_DEVICE_FRACTION",

@@ -4,7 +4,7 @@
   rows there. Fastest when it fits.
 * ``host``: the set stays a host array (in memory, or memory-mapped from the decoded-data cache, so
   a set bigger than RAM works); :class:`HostFeed` gathers each step's GLOBAL batch rows on the host
-  (rows of a mapped file read with ``preadv``, :func:`parallel.mesh.read_rows`, so they never stay
+  (rows of a mapped file read with ``preadv``, :func:`parallel.pages.read_rows`, so they never stay
   resident) and transfers them batch-sharded (each process only the rows of its own devices), the
   next step's rows in a background thread while the current step runs.
 * ``auto``: ``device`` when the set takes at most :data:`AUTO_DEVICE_FRACTION` of the smallest

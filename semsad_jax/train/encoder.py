@@ -1,9 +1,10 @@
 """Stage 1: the contrastive encoder h (``--mode=encoder``).
 
 Read top to bottom: :func:`row_indices` (the rows a step reads), :func:`make_train_step` (the
-jitted step), :func:`bound_train_step` (it with its data: a :class:`~semsad_jax.train.stage.CompiledStep`)
-and :func:`train_encoder` (the stage, run by :func:`semsad_jax.train.stage.run_stage`). It reads
-only the ``encoder`` section (and the run's settings in :class:`StageContext`).
+jitted step), :func:`bound_train_step` (it with its data: a
+:class:`~semsad_jax.train.stage.CompiledStep`) and :func:`train_encoder` (the stage, run by
+:func:`semsad_jax.train.stage.run_stage`). It reads only the ``encoder`` section (and the run's
+settings in :class:`~semsad_jax.train.stage.StageContext`).
 
 The uint8 training set lives on every device (``data.placement=device``) or on the host, which
 then sends each step's batch rows (``host``, :mod:`semsad_jax.parallel.feed`). Each step draws its

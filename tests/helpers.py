@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import types
 
+import numpy as np
+from flax import nnx
+
 from semsad_jax import parallel
 from semsad_jax.data import DataSets
 from semsad_jax.models import build
@@ -113,3 +116,46 @@ def init_state(kind: str, config, steps_per_epoch: int, mesh):
     return step.init_state(
         build(kind, section, seed=config.seed, dtype=config.dtype), section, steps_per_epoch, mesh
     )
+
+
+# ---- references computed by hand: plain nnx calls and numpy, none of the package's scoring code ----
+
+
+def apply_by_hand(network, inputs) -> np.ndarray:
+    """A restored (graphdef, params, batch_stats) network applied in inference mode: plain nnx."""
+    model = nnx.merge(*network)
+    model.eval()
+    return np.asarray(model(np.asarray(inputs, np.float32)), np.float64)
+
+
+def unit_rows(x) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def features_by_hand(encoder, images_u8) -> np.ndarray:
+    """L2-normalised encoder outputs h of uint8 images (inference mode, pixels / 255)."""
+    return unit_rows(apply_by_hand(encoder, images_u8.astype(np.float32) / 255.0))
+
+
+def pair_scores_by_hand(discriminator, refs_u8, partners_u8) -> np.ndarray:
+    """s(reference, partner): the summed logits of the pair stacked on channels (reference first)."""
+    pairs = np.concatenate([refs_u8, partners_u8], axis=-1).astype(np.float32) / 255.0
+    return apply_by_hand(discriminator, pairs).sum(axis=1)
+
+
+def semsad_by_hand(encoder, discriminator, bank_images, images, *, k: int = 1, average: int = 1):
+    """SemSAD by hand: (scores [N], neighbour indices [N, k], cosine similarities [N, k]).
+
+    The bank's features are recomputed from its images; the neighbours are the plain-numpy cosine
+    top-k; the score is s(bank image, image) of the nearest training image (the paper), or its mean
+    over the ``average`` nearest (``eval.score_neighbours``)."""
+    sims = features_by_hand(encoder, images) @ features_by_hand(encoder, bank_images).T
+    order = np.argsort(-sims, axis=1, kind="stable")[:, : max(k, average)]
+    scores = np.mean(
+        [
+            pair_scores_by_hand(discriminator, bank_images[order[:, j]], images)
+            for j in range(average)
+        ],
+        axis=0,
+    )
+    return scores, order[:, :k], np.take_along_axis(sims, order[:, :k], axis=1)

@@ -123,13 +123,14 @@ def test_threshold_at_tpr_is_the_largest_valid_threshold(tpr):
 
 def test_infinite_scores_tie_like_large_finite_ones():
     scores_in, scores_out = np.array([np.inf, np.inf, 1.0, 0.0]), np.array([np.inf, 0.0, -np.inf])
-    finite = ood_metrics(
-        np.where(np.isinf(scores_in), 1e9, scores_in),
-        np.where(np.isinf(scores_out), np.sign(scores_out) * 1e9, scores_out),
-    )
+    finite_in = np.where(np.isinf(scores_in), 1e9, scores_in)
+    finite_out = np.where(np.isinf(scores_out), np.sign(scores_out) * 1e9, scores_out)
+    labels, finite = _labelled(finite_in, finite_out)  # scikit-learn refuses infinite scores
     result = ood_metrics(scores_in, scores_out)
-    for key in ("auroc", "aupr_in", "aupr_out", "fpr95"):
-        assert result[key] == pytest.approx(finite[key])
+    assert result["auroc"] == pytest.approx(roc_auc_score(labels, finite))  # 8.5 / 12
+    assert result["aupr_in"] == pytest.approx(average_precision_score(labels, finite))
+    assert result["aupr_out"] == pytest.approx(average_precision_score(1 - labels, -finite))
+    assert result["threshold"] == 0.0 and result["fpr95"] == pytest.approx(2 / 3)
 
 
 @pytest.mark.parametrize(

@@ -624,7 +624,11 @@ def test_nan_or_inf_loss_stops_and_keeps_the_last_good_checkpoint(bad_value, log
     assert step == 6 and np.asarray(state["w"]).tolist() == [6.0, 6.0, 6.0]
     with open(os.path.join(stage, "metrics.jsonl")) as f:
         logged = [json.loads(line) for line in f]
-    assert all(np.isfinite(r["loss"]) for r in logged)
+    # the good steps' losses (1 / step) and nothing from the bad ones: every step with log_every=1,
+    # else the first step and the saves
+    expected = list(range(1, 8)) if log_every == 1 else [1, 3, 6]
+    assert [r["step"] for r in logged] == expected
+    assert [r["loss"] for r in logged] == pytest.approx([1.0 / s for s in expected], rel=1e-6)
     # the fix (e.g. a lower learning rate) resumes from the last good checkpoint
     final = _loop(tmp_path, _fake_step(bad_from=10**6), start=step, state=state)
     assert np.asarray(final["w"]).tolist() == [12.0, 12.0, 12.0]

@@ -424,7 +424,10 @@ def test_tfds_mocked_never_downloads(monkeypatch):
             load_images("tfds:no_such_dataset_xyz/train", 8, cache_dir="none")
 
 
-@pytest.mark.skipif(not os.path.exists(CIFAR), reason="../shared/data/cifar10-jpeg.tar.gz (beside the repository) is absent")
+@pytest.mark.skipif(
+    not os.path.exists(CIFAR),
+    reason="../shared/data/cifar10-jpeg.tar.gz (beside the repository) is absent",
+)
 def test_real_cifar_archive_subset():
     got = load_images(f"archive:{CIFAR}!train?limit=300&seed=2", 32, cache_dir="none")
     assert len(got) == 300 and got.images.shape == (300, 32, 32, 3)

@@ -137,7 +137,7 @@ def run_loop(
                     raise SemsadError(
                         f"{name} training diverged at step {step} (loss {host.get('loss')}); "
                         f"kept the last good checkpoint (step {checkpoints.latest_step()}); lower the "
-                        f"learning rate or check the data."
+                        f"learning rate (with --overwrite: it is part of the stage's identity) or check the data."
                     )
                 now = time.time()
                 rate = images_per_step * (step - step_last) / max(now - t_last, 1e-9)

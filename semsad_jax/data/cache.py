@@ -71,10 +71,16 @@ def read_cache(path: str) -> dict | None:
 
 
 def _tmp(path: str) -> str:
+    """The temporary name :func:`atomic_write` writes ``path`` under (unique per process)."""
     return f"{path}.tmp{os.getpid()}-{os.uname().nodename}"
 
 
-def _atomic(path: str, write) -> None:
+temp_path = _tmp
+
+
+def atomic_write(path: str, write) -> None:
+    """``write(binary file)`` into :func:`temp_path`, then renamed to ``path``: ``path`` is either
+    the old file or the whole new one; the temporary file never stays behind."""
     tmp = _tmp(path)
     try:
         with open(tmp, "wb") as handle:
@@ -126,7 +132,7 @@ def write_cache(path: str, arrays: dict[str, np.ndarray]) -> None:
             images.flush()
             os.replace(images.filename, target)
         else:
-            _atomic(target, lambda f: np.save(f, np.asarray(images, np.uint8)))
-        _atomic(path, lambda f: np.savez(f, **rest))
+            atomic_write(target, lambda f: np.save(f, np.asarray(images, np.uint8)))
+        atomic_write(path, lambda f: np.savez(f, **rest))
     except OSError as err:
         log.warning("could not write cache file %s (%s); continuing without it", path, err)

@@ -106,7 +106,7 @@ def train_encoder(
 
     Args:
       section: the ``encoder`` config section.
-      ctx: the run's workdir, mesh, seed, dtype and logging switches.
+      ctx: what the run's stages share (:class:`~semsad_jax.train.stage.StageContext`).
       train: training images (uint8 [N,H,W,3]); labels unused except by the kNN monitor.
       test: optional labelled images for the kNN monitor (accuracy at the end and every
         ``section.knn_every_epochs``).

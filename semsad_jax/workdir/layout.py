@@ -28,6 +28,7 @@ from typing import Any
 
 import jax
 
+from semsad_jax.data.cache import atomic_write, temp_path
 from semsad_jax.errors import SemsadError
 from semsad_jax.parallel.launch import sync
 from semsad_jax.workdir.identity import (  # noqa: F401 (re-exported: the workdir's face)
@@ -104,15 +105,9 @@ def write_file(path: str, write: Callable[[Any], Any], needed: int = 0) -> None:
     either the old file or the whole new one). A full disk removes the temporary file and raises
     :class:`~semsad_jax.errors.DiskFull` naming ``path`` and ``needed`` bytes."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with reporting_disk_full(path, needed, os.path.basename(path), cleanup=[tmp]):
-        try:
-            with open(tmp, "wb") as f:
-                write(f)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+    cleanup = [temp_path(path)]
+    with reporting_disk_full(path, needed, os.path.basename(path), cleanup=cleanup):
+        atomic_write(path, write)
 
 
 def move_aside(path: str) -> str | None:

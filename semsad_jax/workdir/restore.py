@@ -100,18 +100,11 @@ def restore_stage(
 
 
 def restore_network(
-    workdir: str | Workdir,
-    stage: str,
-    section: Any,
-    identity: dict,
-    *,
-    dtype: Any = "float32",
-    mesh: Mesh | None = None,
-    hint: str | None = None,
+    workdir: str | Workdir, stage: str, section: Any, identity: dict, **options: Any
 ) -> tuple[nnx.GraphDef, dict, dict]:
-    """(graphdef, params, batch_stats) of the finished ``stage`` network (:func:`restore_stage`)."""
-    restored = restore_stage(workdir, stage, section, identity, dtype=dtype, mesh=mesh, hint=hint)
-    return restored.graphdef, restored.params, restored.batch_stats
+    """(graphdef, params, batch_stats) of the finished ``stage`` network: :func:`restore_stage`
+    (same arguments and options: dtype, mesh, hint) without the provenance."""
+    return restore_stage(workdir, stage, section, identity, **options)[:3]
 
 
 def check_bank_matches(workdir: str | Workdir) -> None:

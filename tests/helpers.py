@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import types
+from pathlib import Path
 
 import numpy as np
 from flax import nnx
 
+from configs import smoke
 from semsad_jax import parallel
 from semsad_jax.data import DataSets
 from semsad_jax.models import build
@@ -16,6 +20,29 @@ from semsad_jax.train import step
 from semsad_jax.train.stage import StageContext
 from semsad_jax.workdir.layout import Workdir, run_identities
 from semsad_jax.workdir.restore import restore_network
+
+
+def config(**eval_fields):
+    """The smoke config with ``eval`` fields overridden (the config of the ``smoke_*`` fixtures)."""
+    c = smoke.get_config()
+    for key, value in eval_fields.items():
+        c.eval[key] = value
+    return c
+
+
+def copy_of(workdir, destination) -> str:
+    """A private copy of ``workdir`` at ``destination`` (without its lock file)."""
+    destination = str(destination)
+    shutil.copytree(str(workdir), destination, ignore=shutil.ignore_patterns(".lock"))
+    return destination
+
+
+def read_text(path) -> str:
+    return Path(path).read_text()
+
+
+def read_json(path):
+    return json.loads(Path(path).read_text())
 
 
 def load_set(config, spec: str):

@@ -450,14 +450,13 @@ def test_quality_overrides_reach_the_config():
         cifar10_quality.make_config(budget, protos["class_split"], 0, "batch", [("eval.nope", 1)])
 
 
-def test_shortcut_analysis_on_the_smoke_detector(tmp_path):
-    import trained_smoke
+def test_shortcut_analysis_on_the_smoke_detector(smoke_detector):
     from helpers import pair_scores_by_hand, semsad_by_hand
     from sklearn.metrics import roc_auc_score
 
     from benchmarks.experiments import shortcuts
 
-    det = trained_smoke.detector()
+    det = smoke_detector
     images = det.bank.images[:12]
     far = {"far_noise": np.random.default_rng(0).integers(0, 256, images.shape, dtype=np.uint8)}
     rows = shortcuts.analyse(det, images, far)

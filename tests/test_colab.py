@@ -2,10 +2,10 @@
 
 import os
 
+import helpers
 import nbformat
 import numpy as np
 import pytest
-import trained_smoke
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "examples", "colab.ipynb")
@@ -27,14 +27,14 @@ def test_install_cells_are_marked():
             assert "!pip" not in cell and "google.colab" not in cell
 
 
-def test_notebook_cells_run_on_a_workdir(monkeypatch):
+def test_notebook_cells_run_on_a_workdir(smoke_evaluated, monkeypatch):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    workdir = trained_smoke.evaluated()
-    spec = trained_smoke.config().data.test
+    workdir = smoke_evaluated
+    spec = helpers.config().data.test
     monkeypatch.setenv("SEMSAD_WORKDIR", workdir)
     monkeypatch.setenv("SEMSAD_IMAGES", spec)
     namespace: dict = {}

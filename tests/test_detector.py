@@ -4,9 +4,9 @@ import os
 import subprocess
 import sys
 
+import helpers
 import numpy as np
 import pytest
-import trained_smoke
 from helpers import load_set, semsad_by_hand
 
 from semsad_jax import data
@@ -18,10 +18,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def restored():
+def restored(smoke_evaluated):
     """(detector restored with the training data unreachable, workdir, in-dist images, scores.npz)."""
-    workdir = trained_smoke.evaluated()
-    config = trained_smoke.config()
+    workdir = smoke_evaluated
+    config = helpers.config()
     test_images = load_set(config, config.data.test).images
 
     def no_data(*args, **kwargs):
@@ -40,9 +40,9 @@ def test_restore_reads_config_json(restored):
     det, workdir, _, _ = restored
     assert isinstance(det.config, ConfigView)
     assert det.config.encoder.width == 4 and det.config.eval.get("missing", 7) == 7
-    assert det.config.to_dict() == trained_smoke.read_json(os.path.join(workdir, "config.json"))
+    assert det.config.to_dict() == helpers.read_json(os.path.join(workdir, "config.json"))
     assert det.image_size == 8 and det.bn_mode == "running_stats"
-    results = trained_smoke.read_json(os.path.join(workdir, "eval", "results.json"))
+    results = helpers.read_json(os.path.join(workdir, "eval", "results.json"))
     assert det.threshold == results["threshold_95"]["semsad"]
 
 
@@ -79,14 +79,14 @@ def test_wrong_image_size_is_a_clear_error(restored):
     np.testing.assert_allclose(det.score(big, resize=True), expected, rtol=1e-6)
 
 
-def test_is_ood_needs_eval_and_restore_needs_a_workdir(tmp_path):
-    det = Detector.restore(trained_smoke.trained())
+def test_is_ood_needs_eval_and_restore_needs_a_workdir(smoke_trained, tmp_path):
+    det = Detector.restore(smoke_trained)
     assert det.threshold is None
     with pytest.raises(SemsadError, match="run --mode=eval first"):
         det.is_ood(det.bank.images[:2])
     with pytest.raises(SemsadError, match=r"config\.json is missing"):
         Detector.restore(str(tmp_path))
-    assert read_config(trained_smoke.trained()).data.image_size == 8
+    assert read_config(smoke_trained).data.image_size == 8
 
 
 def test_import_is_lazy():

@@ -5,9 +5,9 @@ import csv
 import json
 import os
 
+import helpers
 import numpy as np
 import pytest
-import trained_smoke
 from helpers import load_set, semsad_by_hand
 from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
 from sklearn.metrics import average_precision_score, roc_auc_score
@@ -46,8 +46,8 @@ METRIC_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def evaluated():
-    workdir = trained_smoke.evaluated()
+def evaluated(smoke_evaluated):
+    workdir = smoke_evaluated
     with open(os.path.join(workdir, "eval", "results.json")) as f:
         results = json.load(f)
     with np.load(os.path.join(workdir, "eval", "scores.npz")) as npz:
@@ -57,7 +57,7 @@ def evaluated():
 
 def test_results_json_shape_and_ranges(evaluated):
     workdir, results, scores = evaluated
-    config = trained_smoke.config()
+    config = helpers.config()
     required = {"in_distribution", "num_in", "bn_mode", "detectors", "threshold_95"}
     assert required | {"config", "versions"} <= set(results)
     assert results["in_distribution"] == config.data.test
@@ -72,7 +72,7 @@ def test_results_json_shape_and_ranges(evaluated):
         assert m["num_ood"] == 24  # the values: test_metrics_against_sklearn_on_saved_scores
     assert results["config"]["discriminator"]["norm"] == "batch"
     assert {"jax", "flax", "numpy", "python"} <= set(results["versions"])
-    text = trained_smoke.read_text(os.path.join(workdir, "eval", "results.txt"))
+    text = helpers.read_text(os.path.join(workdir, "eval", "results.txt"))
     assert "bn_mode: running_stats" in text and "in-distribution is the positive class" in text
     assert all(f"{d}  " in text for d in DETECTORS) and "DetAcc" in text
 
@@ -106,11 +106,11 @@ def test_metrics_against_sklearn_on_saved_scores(evaluated):
             assert got[key] == pytest.approx(expected[key]), (detector, key)
 
 
-def test_saved_semsad_scores_equal_the_networks_applied_by_hand(evaluated):
+def test_saved_semsad_scores_equal_the_networks_applied_by_hand(evaluated, smoke_detector):
     """scores.npz against the restored encoder and discriminator applied by hand: numpy cosine top-1
     among the recomputed bank features, then s(nearest training image, image) as a plain nnx call."""
     _, _, scores = evaluated
-    det, config = trained_smoke.detector(), trained_smoke.config()
+    det, config = smoke_detector, helpers.config()
     for name, spec in (("in_distribution", config.data.test), *config.eval.ood.items()):
         images = load_set(config, spec).images
         expected, nn, _ = semsad_by_hand(det.encoder, det.discriminator, det.bank.images, images)
@@ -125,24 +125,24 @@ def test_plots_are_pngs(evaluated):
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_batch_size_independent_and_extra_ood(evaluated, tmp_path):
+def test_batch_size_independent_and_extra_ood(evaluated, smoke_trained, tmp_path):
     _, _, scores = evaluated
-    copy = trained_smoke.copy_of(trained_smoke.trained(), tmp_path / "run")
+    copy = helpers.copy_of(smoke_trained, tmp_path / "run")
     extra = "five=sklearn:digits/test?classes=5&limit=12"
-    run(trained_smoke.config(batch_size=8), copy, "eval", ood=[extra])
+    run(helpers.config(batch_size=8), copy, "eval", ood=[extra])
     with np.load(os.path.join(copy, "eval", "scores.npz")) as other:
         for key in ("semsad/in_distribution", "semsad/digits_7_9", "nn/digits_7_9"):
             np.testing.assert_allclose(other[key], scores[key], rtol=1e-5, atol=1e-6)
         assert other["semsad/five"].shape == (12,)
-    results = trained_smoke.read_json(os.path.join(copy, "eval", "results.json"))
+    results = helpers.read_json(os.path.join(copy, "eval", "results.json"))
     assert results["ood"]["five"] == "sklearn:digits/test?classes=5&limit=12"
     assert results["detectors"]["semsad"]["five"]["num_ood"] == 12
     assert not os.path.exists(os.path.join(copy, "eval", "hist_semsad.png"))  # smoke: plots off
 
 
-def test_mode_all_reads_each_file_and_decodes_each_set_once(tmp_path, monkeypatch):
+def test_mode_all_reads_each_file_and_decodes_each_set_once(smoke_trained, tmp_path, monkeypatch):
     """--mode=all on a trained workdir: each JSON file read once, each data spec decoded once."""
-    copy = trained_smoke.copy_of(trained_smoke.trained(), tmp_path / "run")
+    copy = helpers.copy_of(smoke_trained, tmp_path / "run")
     reads, decodes = collections.Counter(), collections.Counter()
     real_read, real_load = layout.read_json, sets.load_images
 
@@ -156,7 +156,7 @@ def test_mode_all_reads_each_file_and_decodes_each_set_once(tmp_path, monkeypatc
 
     monkeypatch.setattr(layout, "read_json", counting_read)
     monkeypatch.setattr(sets, "load_images", counting_load)
-    config = trained_smoke.config()
+    config = helpers.config()
     run(config, copy, "all")
     assert reads["encoder/stage.json"] == reads["discriminator/stage.json"] == 1, reads
     assert max(reads.values()) == 1, reads
@@ -164,15 +164,15 @@ def test_mode_all_reads_each_file_and_decodes_each_set_once(tmp_path, monkeypatc
     assert max(decodes.values()) == 1, decodes
 
 
-def test_transductive_mode_is_labelled_and_batch_dependent(tmp_path, monkeypatch):
+def test_transductive_mode_is_labelled_and_batch_dependent(smoke_detector, tmp_path, monkeypatch):
     """An (untrained) batch_transductive discriminator: labels everywhere, authors' batching."""
     import jax
     from flax import nnx
 
     assert jax.device_count() == 4  # groups of 10 do not split over 4 devices: one-device path
-    config = trained_smoke.config(batch_size=10, plots=True)
+    config = helpers.config(batch_size=10, plots=True)
     config.discriminator.norm = "batch_transductive"
-    base = trained_smoke.detector()
+    base = smoke_detector
     disc = split_model(make_discriminator(config.discriminator, rngs=nnx.Rngs(1)))
     det = Detector(config, base.encoder, disc, base.bank, mesh=base.mesh)
     titles = []
@@ -188,8 +188,8 @@ def test_transductive_mode_is_labelled_and_batch_dependent(tmp_path, monkeypatch
     results = evaluate_detector(det, config.data.test, dict(config.eval.ood), out)
     label = "transductive (authors' evaluation)"
     assert results["bn_mode"] == label
-    assert f"bn_mode: {label}" in trained_smoke.read_text(os.path.join(out, "results.txt"))
-    assert trained_smoke.read_json(os.path.join(out, "results.json"))["bn_mode"] == label
+    assert f"bn_mode: {label}" in helpers.read_text(os.path.join(out, "results.txt"))
+    assert helpers.read_json(os.path.join(out, "results.json"))["bn_mode"] == label
     assert len(titles) == 2 and all(label in t for t in titles)
     assert os.path.exists(os.path.join(out, "hist_semsad.png"))
 
@@ -218,7 +218,7 @@ def test_parse_ood():
         parse_ood(["in_distribution=sklearn:digits"])
     with pytest.raises(SemsadError, match="twice"):
         parse_ood(["a=sklearn:digits", "a=sklearn:digits/test"])
-    merged = ood_specs(trained_smoke.config(), ["digits_7_9=sklearn:digits", "z=sklearn:digits"])
+    merged = ood_specs(helpers.config(), ["digits_7_9=sklearn:digits", "z=sklearn:digits"])
     assert merged == {"digits_7_9": "sklearn:digits", "z": "sklearn:digits"}
 
 
@@ -256,10 +256,10 @@ def test_mahalanobis_against_scipy():
         fit_mahalanobis(bank, clusters=31)
 
 
-def test_eval_baselines_match_references(evaluated):
+def test_eval_baselines_match_references(evaluated, smoke_detector):
     _, results, scores = evaluated
-    det = trained_smoke.detector()
-    config = trained_smoke.config()
+    det = smoke_detector
+    config = helpers.config()
     images = load_set(config, config.data.test).images
     assert results["baseline_features"] == "penultimate" and results["label_free"] is True
     # knn / mahalanobis: the encoder's pooled backbone features (SSD and KNN use them), 8 x width
@@ -283,9 +283,9 @@ def test_eval_baselines_match_references(evaluated):
     np.testing.assert_allclose(scores["pixels_knn/in_distribution"], cos.max(axis=1), atol=1e-5)
 
 
-def test_floors_on_head_features_and_centred_pixels(evaluated, tmp_path):
-    det = trained_smoke.detector()
-    config = trained_smoke.config(baseline_features="head", pixels_centre=True)
+def test_floors_on_head_features_and_centred_pixels(smoke_detector):
+    det = smoke_detector
+    config = helpers.config(baseline_features="head", pixels_centre=True)
     det = Detector(config, det.encoder, det.discriminator, det.bank, mesh=det.mesh)
     images = load_set(config, config.data.test).images[:8]
     floors = Floors.fit(det, config.eval, seed=0)
@@ -300,21 +300,21 @@ def test_floors_on_head_features_and_centred_pixels(evaluated, tmp_path):
         train / np.linalg.norm(train, axis=1, keepdims=True)
     ).T
     np.testing.assert_allclose(got["pixels_knn"], cos.max(axis=1), atol=1e-5)
-    bad = trained_smoke.config(baseline_features="logits")
+    bad = helpers.config(baseline_features="logits")
     with pytest.raises(SemsadError, match="baseline_features"):
         Floors.fit(
             Detector(bad, det.encoder, det.discriminator, det.bank, mesh=det.mesh), bad.eval, 0
         )
 
 
-def test_score_csv(evaluated):
-    workdir, results, _ = evaluated
-    config = trained_smoke.config()
+def test_score_csv(evaluated, smoke_detector, tmp_path):
+    workdir = helpers.copy_of(evaluated[0], tmp_path / "run")  # --mode=score writes score/
+    results, config = evaluated[1], helpers.config()
     summary = run(config, workdir, "score", images=config.data.test)["score"]
     with open(summary["csv"]) as f:
         rows = list(csv.DictReader(f))
     assert summary["csv"] == os.path.join(workdir, "score", "scores.csv")
-    test_set, det = load_set(config, config.data.test), trained_smoke.detector()
+    test_set, det = load_set(config, config.data.test), smoke_detector
     assert [r["id"] for r in rows] == test_set.ids
     assert {r["source"] for r in rows} == {config.data.test}
     expected, nn, sims = semsad_by_hand(
@@ -337,16 +337,16 @@ def _one_line(err: pytest.ExceptionInfo) -> str:
     return message
 
 
-def test_wrong_order(tmp_path):
-    config = trained_smoke.config()
+def test_wrong_order(smoke_trained, tmp_path):
+    config = helpers.config()
     with pytest.raises(SemsadError) as err:
         run(config, str(tmp_path / "empty"), "eval")
     assert "run --mode=encoder" in _one_line(err)
-    encoder_only = trained_smoke.copy_of(trained_smoke.trained(), tmp_path / "encoder_only")
+    encoder_only = helpers.copy_of(smoke_trained, tmp_path / "encoder_only")
     os.remove(os.path.join(encoder_only, "discriminator", "stage.json"))
     with pytest.raises(SemsadError) as err:
         run(config, encoder_only, "eval")
     assert "no trained discriminator" in _one_line(err)
     with pytest.raises(SemsadError) as err:
-        run(config, trained_smoke.trained(), "score", images=config.data.test)
+        run(config, smoke_trained, "score", images=config.data.test)
     assert "run --mode=eval first" in _one_line(err)

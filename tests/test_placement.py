@@ -11,7 +11,6 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-import trained_smoke
 from helpers import (
     init_state,
     load_discriminator,
@@ -38,7 +37,7 @@ NUM_STEPS = 6  # the smoke set has 4 batches per pass: the steps cross into the 
 def data(tmp_path_factory):
     """The smoke training images as a memory-mapped .npy (what the decoded-data cache returns),
     and a neighbour table."""
-    images = load_train_set(trained_smoke.config()).images
+    images = load_train_set(smoke.get_config()).images
     path = tmp_path_factory.mktemp("mapped") / "images.npy"
     np.save(path, images)
     mapped = np.load(path, mmap_mode="r")
@@ -155,9 +154,11 @@ def test_encoder_on_the_host_resumes_exactly_and_equals_device(data, tmp_path, m
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_discriminator_on_the_host_resumes_exactly_and_equals_device(data, tmp_path, monkeypatch):
-    trained = Path(trained_smoke.trained())  # trained with placement auto -> device
-    config = trained_smoke.config()
+def test_discriminator_on_the_host_resumes_exactly_and_equals_device(
+    data, smoke_trained, tmp_path, monkeypatch
+):
+    trained = Path(smoke_trained)  # trained with placement auto -> device
+    config = smoke.get_config()
     expected = load_discriminator(str(trained), config)[1]
     workdir = tmp_path / "host"
     shutil.copytree(trained / "encoder", workdir / "encoder")

@@ -5,9 +5,9 @@ import os
 
 import numpy as np
 import pytest
-import trained_smoke
+from helpers import copy_of, read_json, read_text
 
-from configs import class_split, contaminated, far_ood, oneclass
+from configs import class_split, contaminated, far_ood, oneclass, smoke
 from semsad_jax.data.specs import parse_spec
 from semsad_jax.errors import SemsadError
 from semsad_jax.evaluation.report import majority_vote, run_report
@@ -59,14 +59,14 @@ def test_hand_computed_report(tmp_path, capsys):
         "detection_rate": pytest.approx(1 / 3),
         "false_alarm_rate": pytest.approx(0.5),
     }
-    saved = trained_smoke.read_json(tmp_path / "out" / "report.json")
+    saved = read_json(tmp_path / "out" / "report.json")
     assert saved["metrics"] == report["metrics"]
     printed = capsys.readouterr().out
     assert "80.00±10.00" in printed and "33.33" in printed and "positive class" in printed
-    assert printed.strip() == trained_smoke.read_text(tmp_path / "out" / "report.txt").strip()
+    assert printed.strip() == read_text(tmp_path / "out" / "report.txt").strip()
     # Two runs: a strict majority needs both, so only images flagged by a AND b count.
     two = majority_vote(
-        *zip(*[(trained_smoke.read_json(f"{w}/eval/results.json"), _npz(w)) for w in workdirs[:2]])
+        *zip(*[(read_json(f"{w}/eval/results.json"), _npz(w)) for w in workdirs[:2]])
     )
     assert two["detectors"]["semsad"]["ood"]["detection_rate"] == pytest.approx(1 / 3)
     assert two["detectors"]["semsad"]["ood"]["false_alarm_rate"] == 0.0
@@ -83,17 +83,17 @@ def test_vote_skipped_when_runs_scored_other_images(tmp_path):
     report = run_report([a, b], out_dir=str(tmp_path / "out"))
     assert "in_distribution" in report["majority_vote"]["skipped"]
     assert report["metrics"]["semsad"]["ood"]["auroc"]["mean"] == pytest.approx(0.85)
-    assert "majority vote skipped" in trained_smoke.read_text(tmp_path / "out" / "report.txt")
+    assert "majority vote skipped" in read_text(tmp_path / "out" / "report.txt")
     with pytest.raises(SemsadError, match="run --mode=eval"):
         run_report([a, str(tmp_path / "nothing")])
 
 
-def test_report_mode_over_two_real_workdirs(tmp_path):
-    evaluated = trained_smoke.evaluated()
-    runs = [trained_smoke.copy_of(evaluated, tmp_path / name) for name in ("seed0", "seed1")]
-    report = run(trained_smoke.config(), None, "report", workdirs=runs)["report"]
+def test_report_mode_over_two_real_workdirs(smoke_evaluated, tmp_path):
+    evaluated = smoke_evaluated
+    runs = [copy_of(evaluated, tmp_path / name) for name in ("seed0", "seed1")]
+    report = run(smoke.get_config(), None, "report", workdirs=runs)["report"]
     assert os.path.exists(tmp_path / "report" / "report.json")
-    results = trained_smoke.read_json(os.path.join(evaluated, "eval", "results.json"))
+    results = read_json(os.path.join(evaluated, "eval", "results.json"))
     scores = _npz(evaluated)
     for detector, sets in results["detectors"].items():
         m = report["metrics"][detector]["digits_7_9"]
@@ -128,7 +128,7 @@ def test_protocol_configs():
     for config in (c, class_split.get_config(), k):
         for spec in (config.data.train, config.data.test, *config.eval.ood.values()):
             parse_spec(spec)
-    doc = trained_smoke.read_text(os.path.join(ROOT, "docs", "protocols.md"))
+    doc = read_text(os.path.join(ROOT, "docs", "protocols.md"))
     for needle in ("configs/oneclass.py:3", "configs/class_split.py", "configs/contaminated.py"):
         assert needle in doc
     assert "--mode=report --workdirs=" in doc

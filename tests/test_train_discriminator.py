@@ -1,8 +1,8 @@
 """Discriminator stage: feature bank, step wiring, sharding, resume, scores and clear errors.
 
-Uses the shared smoke workdir of ``trained_smoke.trained()`` (smoke encoder, then the discriminator
-stage, run once per test process through ``semsad_jax.run.run``); jitted discriminator steps are cached per
-process, so the steps below mostly reuse its compilation.
+Uses the shared smoke workdir of the ``smoke_trained`` fixture (conftest.py: smoke encoder, then the
+discriminator stage, run once per test session through ``semsad_jax.run.run``); jitted discriminator
+steps are cached per process, so the steps below mostly reuse its compilation.
 """
 
 import json
@@ -14,10 +14,10 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-import trained_smoke
 from flax import nnx
 from helpers import (
     apply_by_hand,
+    copy_of,
     features_by_hand,
     identities,
     init_state,
@@ -56,9 +56,9 @@ def train_set():
 
 
 @pytest.fixture(scope="module")
-def trained():
+def trained(smoke_trained):
     """The shared smoke workdir: finished encoder, bank and discriminator (never modified)."""
-    return Path(trained_smoke.trained())
+    return Path(smoke_trained)
 
 
 def _with_encoder(trained, path):
@@ -137,7 +137,7 @@ def _two_steps(config, images, neighbours, mesh):
 
 def test_four_devices_match_one_device_and_params_move(train_set):
     assert jax.device_count() == 4
-    config = _config()  # the smoke config: the 4-device step is the one trained() compiled
+    config = _config()  # the smoke config: the 4-device step is the one smoke_trained compiled
     rng = np.random.default_rng(0)
     n = len(train_set)
     neighbours = np.stack(
@@ -200,7 +200,7 @@ def test_stage_outputs_reuse_and_scores(trained, train_set, tmp_path):
     assert all(r["images_per_s"] > 0 and np.isfinite(r["s_pos"] + r["s_neg"]) for r in lines)
     assert all(1.0 <= r["gamma"] <= 10.0 for r in lines)
     # a finished stage is reused: no training step built, no held-out report recomputed
-    copy = Path(trained_smoke.copy_of(str(trained), tmp_path / "copy"))
+    copy = Path(copy_of(trained, tmp_path / "copy"))
     mtime = (copy / "discriminator" / "4").stat().st_mtime
 
     def must_not_run(*args, **kwargs):

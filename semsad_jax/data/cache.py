@@ -70,18 +70,15 @@ def read_cache(path: str) -> dict | None:
     return entry
 
 
-def _tmp(path: str) -> str:
+def temp_path(path: str) -> str:
     """The temporary name :func:`atomic_write` writes ``path`` under (unique per process)."""
     return f"{path}.tmp{os.getpid()}-{os.uname().nodename}"
-
-
-temp_path = _tmp
 
 
 def atomic_write(path: str, write) -> None:
     """``write(binary file)`` into :func:`temp_path`, then renamed to ``path``: ``path`` is either
     the old file or the whole new one; the temporary file never stays behind."""
-    tmp = _tmp(path)
+    tmp = temp_path(path)
     try:
         with open(tmp, "wb") as handle:
             write(handle)
@@ -102,14 +99,14 @@ def new_images(path: str, shape: tuple[int, ...]) -> np.ndarray:
     an ordinary write, which only warns when it fails).
     """
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = _tmp(images_file(path))
+    tmp = temp_path(images_file(path))
     images = np.lib.format.open_memmap(tmp, "w+", np.uint8, shape)
+    if not hasattr(os, "posix_fallocate"):  # macOS: no preallocation
+        return images
     try:
         with open(tmp, "r+b") as handle:
             os.posix_fallocate(handle.fileno(), 0, os.path.getsize(tmp))
-    except (OSError, AttributeError) as err:  # AttributeError: no posix_fallocate (macOS)
-        if isinstance(err, AttributeError):
-            return images
+    except OSError as err:
         del images
         os.remove(tmp)
         log.warning("the cache's disk cannot hold %s (%s); decoding in memory", path, err)
@@ -128,7 +125,7 @@ def write_cache(path: str, arrays: dict[str, np.ndarray]) -> None:
     target = images_file(path)
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        if isinstance(images, np.memmap) and images.filename == os.path.abspath(_tmp(target)):
+        if isinstance(images, np.memmap) and images.filename == os.path.abspath(temp_path(target)):
             images.flush()
             os.replace(images.filename, target)
         else:

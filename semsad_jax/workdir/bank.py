@@ -203,14 +203,14 @@ def save_bank(workdir: str | Workdir, bank: Bank) -> None:
     os.makedirs(wd.bank_dir, exist_ok=True)
     arrays = _arrays(bank)
     needed = tree_bytes(arrays)
+    what = f"the feature bank of {len(bank)} images"
     # the old arrays (replaced below) give their space back
     if free_bytes(wd.bank_dir) + _dir_bytes(wd.bank_arrays) < needed:
-        check_free(wd.bank_dir, needed, f"the feature bank of {len(bank)} images")
+        check_free(wd.bank_dir, needed, what)
     if jax.process_index() == 0 and os.path.exists(wd.bank_json):
         os.remove(wd.bank_json)  # the arrays are about to change: the old description is void
     sync(f"remove {wd.bank_json}")
     wd.forget(wd.bank_json)
-    what = f"the feature bank of {len(bank)} images"
     # a bank without bank.json is incomplete: a rerun rebuilds it from the finished encoder
     with reporting_disk_full(wd.bank_dir, needed, what, cleanup=[wd.bank_arrays]):
         checkpointer = ocp.StandardCheckpointer()

@@ -28,7 +28,7 @@ from typing import Any
 
 import jax
 
-from semsad_jax.data.cache import atomic_write, temp_path
+from semsad_jax.data.cache import atomic_write
 from semsad_jax.errors import SemsadError
 from semsad_jax.parallel.launch import sync
 from semsad_jax.workdir.identity import (  # noqa: F401 (re-exported: the workdir's face)
@@ -102,11 +102,11 @@ def write_json(path: str, obj: Any) -> None:
 
 def write_file(path: str, write: Callable[[Any], Any], needed: int = 0) -> None:
     """``write(binary file)`` into a temporary file, then renamed to ``path`` (so ``path`` is
-    either the old file or the whole new one). A full disk removes the temporary file and raises
+    either the old file or the whole new one; :func:`~semsad_jax.data.cache.atomic_write` removes
+    the temporary file of a failed write). A full disk raises
     :class:`~semsad_jax.errors.DiskFull` naming ``path`` and ``needed`` bytes."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    cleanup = [temp_path(path)]
-    with reporting_disk_full(path, needed, os.path.basename(path), cleanup=cleanup):
+    with reporting_disk_full(path, needed, os.path.basename(path)):
         atomic_write(path, write)
 
 

@@ -10,6 +10,7 @@ caches), then ``repeats`` timed rounds of ``calls`` calls each, blocking on the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -134,6 +135,42 @@ def row(
     }
     out.update(extra)
     return out
+
+
+def xla_gflop(fn: Callable, *args: Any, **kwargs: Any) -> float | None:
+    """GFLOP of one call ``fn(*args, **kwargs)`` of a jitted function (or a ``functools.partial``
+    of one), from XLA's cost analysis of the lowered program; None where there is none.
+
+    The LOWERED (whole-mesh) program, not the compiled one: the compiled program is one device's
+    partition, so its count shrinks with the number of devices. Lowering a function already called
+    with arguments of these shapes is a cache hit (nothing is traced or compiled again). XLA counts
+    a loop's body once (whatever its trip count) and transcendentals (exp, log) apart from flops.
+    """
+    if isinstance(fn, functools.partial):
+        fn, args, kwargs = fn.func, (*fn.args, *args), fn.keywords | kwargs
+    try:
+        cost = fn.lower(*args, **kwargs).cost_analysis()
+    except Exception:  # a backend or JAX version without cost analysis: leave the column blank
+        return None
+    if isinstance(cost, list | tuple):  # older JAX: one dict per program
+        cost = cost[0] if cost else None
+    flops = (cost or {}).get("flops")
+    return float(flops) / 1e9 if flops and flops > 0 else None
+
+
+def with_flops(result: dict, gflop_per_call: float | None) -> dict:
+    """``result`` (a :func:`row`) with ``gflop_per_call`` and ``gflop_per_s`` (= GFLOP per call x
+    calls per second); both None when the count is unknown."""
+    known = bool(gflop_per_call) and result["items_per_call"] > 0
+    calls_per_s = result["items_per_s"] / result["items_per_call"] if known else 0.0
+    result["gflop_per_call"] = significant(gflop_per_call) if known else None
+    result["gflop_per_s"] = significant(gflop_per_call * calls_per_s) if known else None
+    return result
+
+
+def significant(value: float, digits: int = 4) -> float:
+    """``value`` rounded to ``digits`` significant digits (for JSON and tables)."""
+    return float(f"{value:.{digits}g}")
 
 
 def machine_info() -> dict:

@@ -53,6 +53,142 @@ def test_throughput_tiny_and_knn_matches_sklearn(tmp_path):
         host["items_per_s"] / device["items_per_s"], rel=1e-2
     )
     assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(result["rows"]))
+    # useful FLOPs (XLA's count) against independent counts: the training step's convolutions
+    # (forward, then the input and weight gradients: 3x, the stem 2x) and the kNN's similarities
+    low, high = resnet18_conv_gflop(2 * 16, 8, 3, 4, step=True)
+    assert low <= rows[("jax", "encoder_train")]["gflop_per_call"] <= 1.5 * high
+    n, dim = 256, 128
+    assert rows[("jax", "knn_top4")]["gflop_per_call"] == pytest.approx(2 * n * n * dim / 1e9, 0.05)
+    assert all(r["gflop_per_s"] > 0 and r["peak_fraction"] > 0 for r in rows.values())
+    assert result["matmul_peak_gflop_s"] > 0
+
+
+def resnet18_conv_gflop(batch: int, size: int, in_channels: int, width: int, step: bool):
+    """(low, high) GFLOP (2 x multiply-adds) of the convolutions of our CIFAR ResNet-18 on ``batch``
+    images, counted by hand from the layer shapes: low counts only the kernel taps that fall on
+    the input (XLA's convolutions skip the zero padding), high every tap (as patches @ kernel,
+    ``conv_impl=matmul``, computes them). ``step``: a training step, forward then the input and
+    weight gradients (3x; the stem, whose input needs no gradient, 2x); else one forward pass."""
+
+    def conv(cin: int, cout: int, kernel: int, size: int, stride: int):
+        out = -(-size // stride)  # 3x3 pad 1 and 1x1 pad 0: ceil(size / stride)
+        pad = kernel // 2
+        taps = sum(0 <= o * stride - pad + t < size for o in range(out) for t in range(kernel))
+        return out, (batch * cin * cout * taps**2, batch * cin * cout * (out * kernel) ** 2)
+
+    _, stem = conv(in_channels, width, 3, size, 1)
+    layers, channels = [stem], width
+    for stage, stride in enumerate((1, 2, 2, 2)):
+        out = width * 2**stage
+        for block in range(2):
+            first = stride if block == 0 else 1
+            new_size, macs = conv(channels, out, 3, size, first)
+            layers += [macs, conv(out, out, 3, new_size, 1)[1]]
+            if first != 1 or channels != out:
+                layers.append(conv(channels, out, 1, size, first)[1])  # the 1x1 projection
+            channels, size = out, new_size
+    totals = []
+    for i in (0, 1):
+        total = sum(macs[i] for macs in layers)
+        totals.append(2 * (3 * total - stem[i] if step else total) / 1e9)
+    return tuple(totals)
+
+
+def test_throughput_tiny_torch_peers_for_discriminator_and_bank(capsys):
+    pytest.importorskip("torch")
+    result = throughput.main(
+        [
+            "--preset=tiny",
+            "--devices=1",
+            "--dtypes=float32",
+            "--benches=discriminator,bank",
+            "--torch",
+            "--torch-benches=disc,bank",
+            "--torch-threads=1",
+        ]
+    )
+    rows = {(r["framework"], r["bench"]): r for r in result["rows"]}
+    assert set(rows) == {
+        ("jax", "discriminator_train"),
+        ("jax", "feature_bank"),
+        ("torch", "discriminator_train"),
+        ("torch", "feature_bank"),
+    }
+    ratios = {c["comparison"]: c for c in result["comparisons"]}
+    assert {"discriminator step", "feature bank"} <= set(ratios)
+    for name, bench in (
+        ("discriminator step", "discriminator_train"),
+        ("feature bank", "feature_bank"),
+    ):
+        ours, theirs = rows[("jax", bench)], rows[("torch", bench)]
+        assert ours["items_per_call"] == theirs["items_per_call"]  # 2B pairs; the bank's images
+        assert ratios[name]["ratio"] > 0 and ratios[name]["ratio_cpu"] > 0
+        expected = ours["items_per_s"] / theirs["items_per_s"]
+        assert ratios[name]["ratio"] == pytest.approx(expected, rel=1e-2)
+        # the peer takes our count: same network, same work
+        assert theirs["gflop_per_call"] == ours["gflop_per_call"] > 0
+    assert rows[("jax", "discriminator_train")]["items_per_call"] == 2 * 8
+    assert rows[("jax", "feature_bank")]["items_per_call"] == 64
+    # XLA's counts against the convolutions counted by hand: the discriminator's training step on
+    # 2B = 16 pairs of 6 channels (3x forward, the stem 2x), the bank's inference on 64 images (1x)
+    low, high = resnet18_conv_gflop(16, 8, 6, 4, step=True)
+    assert low <= rows[("jax", "discriminator_train")]["gflop_per_call"] <= 1.5 * high
+    low, high = resnet18_conv_gflop(64, 8, 3, 4, step=False)
+    assert low <= rows[("jax", "feature_bank")]["gflop_per_call"] <= 1.5 * high
+    peak = result["matmul_peak"]["float32"]
+    assert result["matmul_peak_gflop_s"] == peak["gflop_per_s"] > 0
+    assert peak["gflop_per_call"] == pytest.approx(2 * 512**3 / 1e9, rel=1e-3)
+    for r in rows.values():
+        assert r["gflop_per_s"] > 0
+        assert r["peak_fraction"] == pytest.approx(r["gflop_per_s"] / peak["gflop_per_s"], rel=0.01)
+    out = capsys.readouterr().out
+    assert "| GFLOP/call | GFLOP/s | % of peak |" in out and "matmul peak" in out
+    assert "| discriminator step |" in out and "| feature bank |" in out
+
+
+def test_throughput_flop_count_and_torch_discriminator_parts():
+    torch = pytest.importorskip("torch")
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from benchmarks.peer import torch_peer, torch_reference
+    from benchmarks.timing import xla_gflop
+    from semsad_jax.method.losses import discriminator_loss
+    from semsad_jax.models import ResNet, count_params
+
+    # XLA's count of a matmul is 2 m n k
+    a, b = jnp.ones((32, 16)), jnp.ones((16, 8))
+    assert xla_gflop(jax.jit(jnp.matmul), a, b) == pytest.approx(2 * 32 * 16 * 8 / 1e9)
+    # our discriminator (6 channels, ELU, MLP head, 1 logit) and its torch peer: the same network
+    ours = ResNet(width=4, in_channels=6, activation="elu", head="mlp", out_dim=1, rngs=nnx.Rngs(0))
+    theirs = torch_reference.make_discriminator(4, 18)
+    assert count_params(ours) == sum(p.numel() for p in theirs.parameters())
+    # and the same loss
+    s_pos, s_neg = np.random.default_rng(0).normal(size=(2, 6, 3)).astype(np.float32)
+    ref = torch_reference.discriminator_loss(torch.from_numpy(s_pos), torch.from_numpy(s_neg), 3.7)
+    assert float(discriminator_loss(s_pos, s_neg, 3.7)) == pytest.approx(ref.item(), rel=1e-5)
+    images = np.random.default_rng(1).integers(0, 256, (32, 8, 8, 3), np.uint8)
+    rows = torch_peer.bench_torch(
+        images,
+        batch=8,
+        width=4,
+        dtypes=["float32"],
+        workers=0,
+        timing=dict(warmup=1, repeats=1, calls=1),
+        benches=("disc", "bank"),
+        threads=1,
+        disc=torch_peer.DiscSettings(batch=4, width=4, depth=18),
+        bank_images=20,
+        bank_batch=8,
+    )
+    items = {r["bench"]: r["items_per_call"] for r in rows}
+    assert items == {"discriminator_train": 8, "feature_bank": 20}  # 2B pairs; the bank's images
+    assert all(r["items_per_s"] > 0 for r in rows)
+    encoder = torch_reference.make_encoder(width=4).eval()
+    features = torch_peer.bank_features(encoder, images[:20], 8, torch.device("cpu"))
+    assert features.shape == (20, 128)
+    np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, rtol=1e-5)
 
 
 def test_time_call_reports_median_of_rounds():

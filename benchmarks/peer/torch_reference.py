@@ -12,6 +12,12 @@ does not load beside the CPU torch build used here; where torchvision imports, i
 - step: two forward passes ``h1 = h(v1)``, ``h2 = h(v2)``, one-directional InfoNCE with tau 0.5 on
   L2-normalised outputs, Adam(lr 3e-4, weight_decay 1e-6).
 
+Also our discriminator s in PyTorch, for its peer row (:func:`make_discriminator`,
+:func:`discriminator_loss`, :func:`sample_gamma`, :func:`make_optimizer`): the same CIFAR ResNet
+(:class:`CifarResNet`, depth 18 or 34) with 6 input channels (reference, partner), ELU, the
+config's norm and an MLP or linear head, SemSAD's gamma-weighted loss and AMSGrad with coupled L2
+weight decay, as :mod:`semsad_jax.train.discriminator` builds them.
+
 The PIL transforms below follow torchvision 0.x ``transforms`` / ``functional_pil`` step by step,
 drawing their random numbers from torch's generator as torchvision does.
 """
@@ -39,20 +45,50 @@ def has_torchvision() -> bool:
 # ----------------------------------------------------------------------------- model
 
 
-class BasicBlock(nn.Module):
-    """torchvision BasicBlock: conv3x3-BN-ReLU-conv3x3-BN + shortcut, ReLU. NCHW."""
+def group_count(channels: int) -> int:
+    """GroupNorm groups as ours (``semsad_jax.models.resnet.group_count``)."""
+    return math.gcd(channels, min(32, max(1, channels // 2)))
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int):
+
+def make_norm(kind: str, channels: int) -> nn.Module:
+    """Our norms in torch: ``batch`` (running statistics at inference), ``batch_transductive``
+    (batch statistics always: no running statistics) or ``group``; eps 1e-5 as ours."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "batch_transductive":
+        return nn.BatchNorm2d(channels, track_running_stats=False)
+    if kind == "group":
+        return nn.GroupNorm(group_count(channels), channels, eps=1e-5)
+    raise ValueError(f"unknown norm {kind!r}; use batch, batch_transductive or group")
+
+
+def make_activation(name: str) -> nn.Module:
+    """``relu`` (torchvision's, in place) or ``elu`` (alpha 1, as ours)."""
+    if name == "relu":
+        return nn.ReLU(inplace=True)
+    if name == "elu":
+        return nn.ELU(inplace=True)
+    raise ValueError(f"unknown activation {name!r}; use relu or elu")
+
+
+class BasicBlock(nn.Module):
+    """torchvision BasicBlock: conv3x3-BN-act-conv3x3-BN + shortcut, act. NCHW.
+
+    ``activation`` / ``norm``: torchvision's ReLU / BatchNorm by default (see :func:`make_norm`)."""
+
+    def __init__(
+        self, in_ch: int, out_ch: int, stride: int, activation: str = "relu", norm: str = "batch"
+    ):
         super().__init__()
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_ch)
-        self.relu = nn.ReLU(inplace=True)
+        self.bn1 = make_norm(norm, out_ch)
+        self.relu = make_activation(activation)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.bn2 = make_norm(norm, out_ch)
         self.downsample = None
         if stride != 1 or in_ch != out_ch:
             self.downsample = nn.Sequential(
-                nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch)
+                nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), make_norm(norm, out_ch)
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -62,32 +98,55 @@ class BasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
-class CifarResNet18(nn.Module):
-    """ResNet-18 (widths w, 2w, 4w, 8w) with the CIFAR stem and a linear 8w -> out_dim head.
+STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 
-    ``forward``: float [B, 3, H, W] -> [B, out_dim]. Initialisation as torchvision (Kaiming-normal
-    fan_out convolutions, BN scale 1 / bias 0, torch's default Linear init).
+
+class CifarResNet(nn.Module):
+    """CIFAR ResNet-18/34 (widths w, 2w, 4w, 8w) with the CIFAR stem and a linear or MLP head.
+
+    ``forward``: float [B, in_channels, H, W] -> [B, out_dim]. ``head="mlp"``: Linear(8w, 8w), act,
+    Linear(8w, out_dim) (ours); ``"linear"``: Linear(8w, out_dim). Initialisation as torchvision
+    (Kaiming-normal fan_out convolutions, norm scale 1 / bias 0, torch's default Linear init).
     """
 
-    def __init__(self, width: int = 64, out_dim: int = 128, in_channels: int = 3):
+    def __init__(
+        self,
+        width: int = 64,
+        out_dim: int = 128,
+        in_channels: int = 3,
+        *,
+        depth: int = 18,
+        activation: str = "relu",
+        norm: str = "batch",
+        head: str = "linear",
+    ):
         super().__init__()
+        if depth not in STAGE_BLOCKS or head not in ("linear", "mlp"):
+            raise ValueError(f"depth {depth!r} / head {head!r}: use 18 or 34 / linear or mlp")
         self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.relu = nn.ReLU(inplace=True)
+        self.bn1 = make_norm(norm, width)
+        self.relu = make_activation(activation)
         layers, in_ch = [], width
-        for stage, stride in enumerate((1, 2, 2, 2)):
+        for stage, (blocks, stride) in enumerate(zip(STAGE_BLOCKS[depth], (1, 2, 2, 2))):
             out_ch = width * 2**stage
-            layers.append(
-                nn.Sequential(BasicBlock(in_ch, out_ch, stride), BasicBlock(out_ch, out_ch, 1))
-            )
-            in_ch = out_ch
+            stage_blocks = []
+            for i in range(blocks):
+                block = BasicBlock(in_ch, out_ch, stride if i == 0 else 1, activation, norm)
+                stage_blocks.append(block)
+                in_ch = out_ch
+            layers.append(nn.Sequential(*stage_blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_ch, out_dim)
+        if head == "mlp":
+            self.fc = nn.Sequential(
+                nn.Linear(in_ch, in_ch), make_activation(activation), nn.Linear(in_ch, out_dim)
+            )
+        else:
+            self.fc = nn.Linear(in_ch, out_dim)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
+            elif isinstance(m, nn.BatchNorm2d | nn.GroupNorm):
                 nn.init.constant_(m.weight, 1)
                 nn.init.constant_(m.bias, 0)
 
@@ -95,6 +154,14 @@ class CifarResNet18(nn.Module):
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class CifarResNet18(CifarResNet):
+    """The authors' encoder network: :class:`CifarResNet` of depth 18, ReLU, BatchNorm, linear head
+    (``width=64`` is exactly torchvision's ``resnet18`` with the CIFAR stem)."""
+
+    def __init__(self, width: int = 64, out_dim: int = 128, in_channels: int = 3):
+        super().__init__(width, out_dim, in_channels)
 
 
 def make_encoder(width: int = 64, out_dim: int = 128) -> nn.Module:
@@ -117,6 +184,56 @@ def nce_loss(h1: torch.Tensor, h2: torch.Tensor, temperature: float = 0.5) -> to
     h2 = h2.float() / h2.float().norm(dim=1, keepdim=True)
     logits = h1 @ h2.t() / temperature
     return nn.functional.cross_entropy(logits, torch.arange(len(h1), device=h1.device))
+
+
+def make_discriminator(
+    width: int,
+    depth: int,
+    *,
+    activation: str = "elu",
+    norm: str = "batch",
+    head: str = "mlp",
+    out_dim: int = 1,
+) -> nn.Module:
+    """Our pair discriminator s (``semsad_jax.models.build.make_discriminator``) in torch: a
+    :class:`CifarResNet` on the two images of a pair stacked on channels (6 in: reference, partner)."""
+    return CifarResNet(width, out_dim, 6, depth=depth, activation=activation, norm=norm, head=head)
+
+
+def discriminator_loss(s_pos: torch.Tensor, s_neg: torch.Tensor, gamma) -> torch.Tensor:
+    """SemSAD's loss ``-(E_pos[log sig(s - log g)] + g * E_neg[log sig(log g - s)])`` in float32,
+    as ``semsad_jax.method.losses.discriminator_loss`` (means over pairs and logits)."""
+    gamma = torch.as_tensor(gamma, dtype=torch.float32, device=s_pos.device)
+    log_gamma = gamma.log()
+    pos = nn.functional.logsigmoid(s_pos.float() - log_gamma).mean()
+    neg = nn.functional.logsigmoid(log_gamma - s_neg.float()).mean()
+    return -(pos + gamma * neg)
+
+
+def sample_gamma(mode: str, gamma_max: float, device) -> torch.Tensor:
+    """One gamma per step on ``device`` (no host sync): ``uniform`` U(1, gamma_max) (paper) or
+    ``integer`` 1 .. gamma_max - 1 (authors), as ``semsad_jax.method.losses.sample_gamma``."""
+    if mode == "uniform":
+        return torch.empty((), device=device).uniform_(1.0, float(gamma_max))
+    if mode == "integer":
+        return torch.randint(1, int(gamma_max), (), device=device).float()
+    raise ValueError(f"unknown gamma mode {mode!r}; use uniform or integer")
+
+
+def make_optimizer(
+    params, name: str, learning_rate: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """``semsad_jax.train.optim.make_optimizer`` in torch at a constant learning rate: adam /
+    amsgrad with coupled L2 (``Adam(weight_decay=...)``), adamw, sgd (momentum 0.9)."""
+    if name in ("adam", "amsgrad"):
+        return torch.optim.Adam(
+            params, lr=learning_rate, weight_decay=weight_decay, amsgrad=name == "amsgrad"
+        )
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=learning_rate, momentum=0.9, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; use adam, amsgrad, adamw or sgd")
 
 
 # ----------------------------------------------------------------------------- PIL transforms

@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from benchmarks.timing import xla_gflop
 from semsad_jax import parallel
 from semsad_jax.models import build
 from semsad_jax.train import discriminator as disc_stage
@@ -27,8 +28,11 @@ def random_neighbours(num_images: int, k: int, seed: int = 0) -> np.ndarray:
     return ((np.arange(num_images)[:, None] + offsets) % num_images).astype(np.int32)
 
 
-def make_benchmark_call(config: Any, images: np.ndarray, mesh) -> tuple[Callable, int, str]:
-    """(call() -> loss to block on, pairs per call, the step's module name)."""
+def make_benchmark_call(
+    config: Any, images: np.ndarray, mesh
+) -> tuple[Callable, int, str, Callable[[], float | None]]:
+    """(call() -> loss to block on, pairs per call, the step's module name, gflop() -> GFLOP of
+    one step from XLA's cost analysis, :func:`benchmarks.timing.xla_gflop`)."""
     num = len(images)
     section = config.discriminator
     batch = int(section.batch_size)
@@ -51,4 +55,8 @@ def make_benchmark_call(config: Any, images: np.ndarray, mesh) -> tuple[Callable
         holder["step"] += 1
         return metrics["loss"]
 
-    return call, 2 * batch, "semsad_jax.train.discriminator"
+    def gflop():
+        step = np.int32(holder["step"])
+        return xla_gflop(step_fn, holder["state"], on_device, neighbours, step)
+
+    return call, 2 * batch, "semsad_jax.train.discriminator", gflop

@@ -19,11 +19,26 @@ each round blocked with ``jax.block_until_ready``), for each ``--dtypes`` entry:
 - ``knn_top4``: ``neighbors.top_k_cosine`` (k=4, exclude_self) of a random unit bank against
   itself; in float32 also ``knn_top4_vs_sklearn``: ours and scikit-learn's brute-force cosine
   NearestNeighbors on the first ``--sklearn-bank`` rows, with the fraction of identical rows.
-- ``--torch``: the authors' encoder step in PyTorch (:mod:`benchmarks.peer.torch_peer`).
+- ``--torch``: the PyTorch peers (:mod:`benchmarks.peer.torch_peer`, ``--torch-benches``): the
+  authors' encoder step (``dataloader``, ``device_aug``, ``step``, ``augment``), our
+  discriminator step (``disc``: row ``discriminator_train``, on fixed pairs made once on the
+  device, so it times the step alone while ours also makes its pairs) and the feature bank
+  (``bank``: row ``feature_bank``, the encoder in eval mode under ``torch.inference_mode``).
 
 Ratios ours / peer (>1: ours faster) are printed after the table and stored in the JSON (written
 after each dtype too, so a run cut short keeps its rows). The JAX rows live in :mod:`jax_rows`.
 Synthetic uniform-random uint8 images are used (throughput does not depend on content).
+
+Useful GFLOP/s: each JAX row's ``gflop_per_call`` is XLA's cost analysis of the jitted function it
+times (whole mesh; :func:`benchmarks.timing.xla_gflop`) and ``gflop_per_s`` that times calls per
+second. A peer row (torch, sklearn) takes the count of the JAX row it is compared with
+(``COMPARISONS``; same dtype and items per call): the same network and the same work, so its
+GFLOP/s compare like with like (ours also counts the few FLOPs of making views / pairs in the
+step); a peer row whose JAX row was not run has none. Convolutions computed as patches @ kernel
+(``--conv-impl=matmul``, and ``auto`` on one CPU device) count their zero padding too, XLA's
+convolutions do not. ``matmul_peak_gflop_s``: a jitted float32 ``[n, n] @ [n, n]`` per device (``--peak-size``;
+``matmul_peak`` holds every dtype timed) on this machine; ``peak_fraction`` = a row's GFLOP/s over
+the peak of its dtype (printed as ``% of peak``).
 """
 
 from __future__ import annotations
@@ -35,7 +50,7 @@ import time
 
 import numpy as np
 
-from benchmarks.timing import machine_info, markdown_table, write_json
+from benchmarks.timing import machine_info, markdown_table, significant, with_flops, write_json
 from benchmarks.timings.jax_rows import (
     bench_augment,
     bench_bank,
@@ -43,6 +58,8 @@ from benchmarks.timings.jax_rows import (
     bench_encoder,
     bench_knn,
     bench_placement,
+    encoder_config,
+    matmul_peak,
     random_bank,
     timing_kwargs,
 )
@@ -62,6 +79,7 @@ PRESETS = {
         warmup=1,
         repeats=3,
         calls=1,
+        peak_size=2048,
     ),
     "gpu": dict(
         batch=2048,
@@ -77,6 +95,7 @@ PRESETS = {
         warmup=2,
         repeats=5,
         calls=3,
+        peak_size=8192,
     ),
     "tiny": dict(
         batch=16,
@@ -92,6 +111,7 @@ PRESETS = {
         warmup=1,
         repeats=1,
         calls=1,
+        peak_size=512,
     ),
 }
 ALL_BENCHES = (
@@ -103,6 +123,7 @@ ALL_BENCHES = (
     "bank",
     "knn",
 )
+TORCH_BENCHES = ("dataloader", "device_aug", "step", "augment", "disc", "bank")
 COLUMNS = [
     ("bench", "bench"),
     ("framework", "framework"),
@@ -112,6 +133,9 @@ COLUMNS = [
     ("median_ms", "median ms"),
     ("items_per_s", "items/s"),
     ("items_per_cpu_s", "items/CPU-s"),
+    ("gflop_per_call", "GFLOP/call"),
+    ("gflop_per_s", "GFLOP/s"),
+    ("peak_percent", "% of peak"),  # 100 x the row's peak_fraction (the table shows percent)
 ]
 # (ratio name, our bench, peer framework, peer bench, compare same dtype)
 COMPARISONS = [
@@ -120,6 +144,8 @@ COMPARISONS = [
     ("end to end vs torch on-device aug", "encoder_train", "torch", "encoder_train_device_aug"),
     ("top-4 search vs sklearn brute", "knn_top4_vs_sklearn", "sklearn", "knn_top4_vs_sklearn"),
     ("data.placement host / device", "encoder_train_host", "jax", "encoder_train_device"),
+    ("discriminator step", "discriminator_train", "torch", "discriminator_train"),
+    ("feature bank", "feature_bank", "torch", "feature_bank"),
 ]
 
 
@@ -145,6 +171,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "warmup",
         "repeats",
         "calls",
+        "peak_size",
     ):
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=int, default=None)
     p.add_argument("--dtypes", default="float32,bfloat16")
@@ -158,7 +185,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--torch", action="store_true", help="add the PyTorch peer rows")
     p.add_argument("--torch-dtypes", default="float32")
     p.add_argument("--torch-workers", type=int, default=None, help="DataLoader workers")
-    p.add_argument("--torch-benches", default="dataloader,device_aug,step,augment")
+    p.add_argument(
+        "--torch-benches",
+        default=",".join(TORCH_BENCHES),
+        help=f"comma-separated, of {', '.join(TORCH_BENCHES)}",
+    )
     p.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--no-sklearn", action="store_true")
     p.add_argument("--sklearn-bank", type=int, default=10000, help="bank rows for the sklearn pair")
@@ -208,6 +239,24 @@ def comparisons(rows: list[dict]) -> list[dict]:
     return out
 
 
+def add_flop_rates(rows: list[dict], peaks: dict[str, dict]) -> None:
+    """Fills in, in place: a peer row's ``gflop_per_call`` / ``gflop_per_s`` from the JAX row it is
+    compared with (same dtype, same items per call), and every counted row's ``peak_fraction``
+    (GFLOP/s over the matmul peak of its dtype, else of float32)."""
+    index = {(r["framework"], r["bench"], r["dtype"]): r for r in rows}
+    for _, ours, peer_fw, peer in COMPARISONS:
+        for (fw, bench, dtype), r in index.items():
+            theirs = index.get((peer_fw, peer, dtype))
+            if fw != "jax" or bench != ours or theirs is None or theirs.get("gflop_per_call"):
+                continue
+            if r.get("gflop_per_call") and r["items_per_call"] == theirs["items_per_call"]:
+                with_flops(theirs, r["gflop_per_call"])
+    for r in rows:
+        peak = peaks.get(r["dtype"], peaks.get("float32", {})).get("gflop_per_s")
+        if r.get("gflop_per_s") and peak:
+            r["peak_fraction"] = significant(r["gflop_per_s"] / peak, 3)
+
+
 def run(args: argparse.Namespace) -> dict:
     import jax
 
@@ -221,13 +270,23 @@ def run(args: argparse.Namespace) -> dict:
     unknown = sorted(set(benches) - set(ALL_BENCHES))
     if unknown:
         raise SystemExit(f"unknown --benches {unknown}; choose from {', '.join(ALL_BENCHES)}")
+    torch_benches = [b for b in args.torch_benches.split(",") if b]
+    unknown = sorted(set(torch_benches) - set(TORCH_BENCHES))
+    if args.torch and unknown:
+        raise SystemExit(
+            f"unknown --torch-benches {unknown}; choose from {', '.join(TORCH_BENCHES)}"
+        )
+    dtypes = [d for d in args.dtypes.split(",") if d]
+    torch_dtypes = [d for d in args.torch_dtypes.split(",") if d] if args.torch else []
+    peak_dtypes = dict.fromkeys(["float32", *dtypes, *torch_dtypes])  # ordered, unique
+    peaks = {d: matmul_peak(mesh, d, args.peak_size) for d in peak_dtypes}
     rng = np.random.default_rng(0)
     num_images = max(4 * args.batch, 4 * args.disc_batch, 256)
     images = rng.integers(0, 256, (num_images, args.image_size, args.image_size, 3), np.uint8)
     bank = random_bank(args.bank_size)
     rows: list[dict] = []
     t0 = time.time()
-    for dtype in [d for d in args.dtypes.split(",") if d]:
+    for dtype in dtypes:
         done = len(rows)
         if "encoder" in benches:
             rows.append(bench_encoder(args, dtype, images, mesh, "encoder"))
@@ -243,30 +302,38 @@ def run(args: argparse.Namespace) -> dict:
             rows.append(bench_bank(args, dtype, images, mesh))
         if "knn" in benches:
             rows.extend(bench_knn(args, dtype, bank, mesh, not args.no_sklearn))
+        add_flop_rates(rows, peaks)
         _progress(rows[done:])
-        write_json(args.out, _result(args, mesh, rows, t0))  # partial, in case of a time limit
+        write_json(args.out, _result(args, mesh, rows, t0, peaks))  # partial, for a time limit
     if args.torch:
         from benchmarks.peer import torch_peer
 
         workers = torch_peer.default_workers() if args.torch_workers is None else args.torch_workers
+        disc = encoder_config(args, "float32").discriminator  # what our discriminator row runs
         rows.extend(
             torch_peer.bench_torch(
                 images,
                 batch=args.batch,
                 width=args.width,
-                dtypes=[d for d in args.torch_dtypes.split(",") if d],
+                dtypes=torch_dtypes,
                 workers=workers,
                 timing=timing_kwargs(args),
-                benches=tuple(args.torch_benches.split(",")),
+                benches=tuple(torch_benches),
                 threads=args.torch_threads,
+                disc=torch_peer.DiscSettings.from_section(disc),
+                bank_images=args.bank_images,
+                bank_batch=int(disc.feature_batch_size),
             )
         )
-    result = _result(args, mesh, rows, t0)
+        add_flop_rates(rows, peaks)
+    result = _result(args, mesh, rows, t0, peaks)
     report(result, args)
     return result
 
 
-def _result(args: argparse.Namespace, mesh, rows: list[dict], t0: float) -> dict:
+def _result(
+    args: argparse.Namespace, mesh, rows: list[dict], t0: float, peaks: dict[str, dict]
+) -> dict:
     return {
         "machine": machine_info(),
         "num_devices": mesh.devices.size,
@@ -274,6 +341,8 @@ def _result(args: argparse.Namespace, mesh, rows: list[dict], t0: float) -> dict
         "rows": rows,
         "comparisons": comparisons(rows),
         "seconds": round(time.time() - t0, 1),
+        "matmul_peak_gflop_s": peaks.get("float32", {}).get("gflop_per_s"),
+        "matmul_peak": peaks,
     }
 
 
@@ -288,11 +357,22 @@ def _progress(rows: list[dict]) -> None:
 
 def report(result: dict, args: argparse.Namespace) -> None:
     m = result["machine"]
+    peaks = ", ".join(
+        f"{p['dtype']} {p['gflop_per_s']:,.1f} GFLOP/s" for p in result["matmul_peak"].values()
+    )
+    first = next(iter(result["matmul_peak"].values()), None)
+    shape = f" ({first['size']}^3 per device, {first['devices']} devices)" if first else ""
+    table_rows = [
+        r | {"peak_percent": None if r.get("peak_fraction") is None else 100 * r["peak_fraction"]}
+        for r in result["rows"]
+    ]
     text = [
         f"# Throughput on {m['backend']} ({', '.join(sorted(set(m['devices'])))}), "
         f"{m['cpu_count']} CPUs, load {m['load_avg_1m']}, preset {args.preset}",
         "",
-        markdown_table(result["rows"], COLUMNS),
+        f"matmul peak{shape}: {peaks}",
+        "",
+        markdown_table(table_rows, COLUMNS),
     ]
     if result["comparisons"]:
         text += [

@@ -26,6 +26,10 @@ BENCHMARKS = {
         "timings.conv_impl",
         "every convolution of the ResNet as XLA's convolution and as a matmul; what auto picks",
     ),
+    "conv_ops": (
+        "timings.conv_ops",
+        "each convolution's forward, input and weight gradient alone, in XLA and in PyTorch",
+    ),
     "host_memory": (
         "timings.host_memory",
         "peak resident memory with data.placement=host on a memory-mapped set",

@@ -44,14 +44,16 @@ fi
 [ -f "$ARCHIVE" ] || echo "warning: $ARCHIVE missing: the quality phase will fail" | tee -a "$OUTDIR/env.txt"
 
 # 1. Throughput. (a) the encoder step, ours in bf16 + f32 against the PyTorch peer (torchvision
-# when importable); (b) the other hot paths. Two runs so that each fits its own time limit.
+# when importable); (b) the other hot paths, the discriminator step and the feature bank against
+# their PyTorch peers. Two runs so that each fits its own time limit.
 run timeout "$PHASE_PEER" "$PY" -m benchmarks throughput --preset="$BENCH_PRESET" \
   --dtypes=bfloat16,float32 --benches=encoder,encoder_noaug --torch \
+  --torch-benches=dataloader,device_aug,step,augment \
   --torch-dtypes=float32,bfloat16 --out="$OUTDIR/throughput_peer.json" \
   2>&1 | tee "$OUTDIR/throughput.log"
 run timeout "$PHASE_THROUGHPUT" "$PY" -m benchmarks throughput --preset="$BENCH_PRESET" \
   --dtypes=bfloat16,float32 --benches=discriminator,augment,bank,knn \
-  --out="$OUTDIR/throughput_other.json" 2>&1 | tee -a "$OUTDIR/throughput.log"
+  --torch --torch-benches=disc,bank --torch-dtypes=float32,bfloat16 --out="$OUTDIR/throughput_other.json" 2>&1 | tee -a "$OUTDIR/throughput.log"
 
 # 2. Quality, GPU budget (workdirs outside OUTDIR: checkpoints are large and deep).
 run timeout "$PHASE_QUALITY" "$PY" -m benchmarks cifar10_quality --budget="$QUALITY_BUDGET" \

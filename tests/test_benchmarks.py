@@ -527,6 +527,35 @@ def test_conv_impl_shapes_cover_every_convolution_of_the_model(monkeypatch):
     assert row["auto"] == "matmul"  # the last 3x3 of a 16 px ResNet runs on a 2x2 map
 
 
+@pytest.mark.parametrize("with_torch", [False, True])
+def test_conv_ops_times_every_convolution_in_both_frameworks(with_torch, capsys):
+    """conv_ops: one row per distinct convolution, the three parts timed in JAX (and torch), the
+    total weighted by each shape's count and the ratio torch time / jax time."""
+    from benchmarks.timings import conv_impl, conv_ops
+
+    if with_torch:
+        pytest.importorskip("torch")
+    argv = ["--width=4", "--image-size=8", "--batch=4", "--repeats=1"]
+    result = conv_ops.main(argv + ([] if with_torch else ["--no-torch"]))
+    shapes = conv_impl.conv_shapes(18, 4, 8, 3)
+    assert [{k: r[k] for k in shapes[0]} for r in result["rows"]] == shapes
+    frameworks = ("jax", "torch") if with_torch else ("jax",)
+    for fw in frameworks:
+        for part in conv_ops.PARTS:
+            assert all(r[f"{fw}_{part}_ms"] > 0 for r in result["rows"])
+            by_hand = sum(r[f"{fw}_{part}_ms"] * r["count"] for r in result["rows"])
+            assert result["total"][f"{fw}_{part}_ms"] == pytest.approx(by_hand, abs=0.06)
+    if with_torch:
+        total = result["total"]
+        ratio = sum(total[f"torch_{p}_ms"] for p in conv_ops.PARTS) / sum(
+            total[f"jax_{p}_ms"] for p in conv_ops.PARTS
+        )
+        assert total["ratio"] == pytest.approx(ratio, abs=0.006)
+    else:
+        assert "torch_fwd_ms" not in result["rows"][0]
+    assert "total (x count)" in capsys.readouterr().out
+
+
 def test_far_rows_and_one_class_mean_per_ood_set():
     records = [
         {

@@ -3,11 +3,13 @@
 ``args`` is throughput's parsed namespace (sizes, ``warmup`` / ``repeats`` / ``calls``); images
 are uint8 [N, S, S, 3] host arrays; ``mesh`` is the 1-D data mesh the rows run on.
 
-Every row also carries ``gflop_per_call`` and ``gflop_per_s`` (:func:`benchmarks.timing.with_flops`):
-XLA's cost analysis of the jitted function the row calls, lowered once more with the arguments it
-was timed with (a cache hit: nothing is compiled again), for the whole mesh. Rows that call a
-jitted function several times per call (the feature bank's batches, the kNN search's query blocks)
-count one batch / block and scale it to the row's items, so padding is not counted.
+Every row also carries ``gflop_per_call`` and ``gflop_per_s`` (:func:`benchmarks.timing.with_flops`),
+the useful work: XLA's cost analysis of the jitted function the row calls, lowered (not compiled)
+for the whole mesh; the training steps and the bank are counted on a twin built with
+``conv_impl="xla"`` (:func:`useful_args`), so the zero-padding taps that the patches @ kernel
+convolutions multiply are left out. Rows that call a jitted function several times per call (the
+feature bank's batches, the kNN search's query blocks) count one batch / block and scale it to the
+row's items, so batch padding is not counted either. The placement rows count their own steps.
 :func:`matmul_peak` measures the GFLOP/s those rates are compared with.
 """
 
@@ -34,7 +36,8 @@ def encoder_config(args, dtype: str, augment: str = "encoder"):
     return c
 
 
-def bench_encoder(args, dtype: str, images: np.ndarray, mesh, augment: str) -> dict:
+def _encoder_step(args, dtype: str, images: np.ndarray, mesh, augment: str):
+    """(jitted step, its state, the on-device set) of the real encoder step at ``args``."""
     import jax
 
     from semsad_jax import parallel
@@ -49,7 +52,22 @@ def bench_encoder(args, dtype: str, images: np.ndarray, mesh, augment: str) -> d
     step_fn = make_train_step(
         StepSetup(graphdef, tx, shardings, config.encoder, len(images), mesh, config.seed, dtype)
     )
-    on_device = parallel.replicate(images, mesh)
+    return step_fn, state, parallel.replicate(images, mesh)
+
+
+def useful_args(args):
+    """``args`` with ``conv_impl="xla"``: the FLOPs are counted on XLA's convolutions, which
+    leave out the taps that fall on zero padding (the patches @ kernel form of ``auto`` / ``matmul``
+    multiplies them too: work done, not useful work)."""
+    import copy
+
+    twin = copy.copy(args)
+    twin.conv_impl = "xla"
+    return twin
+
+
+def bench_encoder(args, dtype: str, images: np.ndarray, mesh, augment: str) -> dict:
+    step_fn, state, on_device = _encoder_step(args, dtype, images, mesh, augment)
     holder = {"state": state, "step": 0}
 
     def call():
@@ -58,7 +76,8 @@ def bench_encoder(args, dtype: str, images: np.ndarray, mesh, augment: str) -> d
         return metrics["loss"]
 
     t = time_call(call, **timing_kwargs(args))
-    gflop = xla_gflop(step_fn, holder["state"], on_device, np.int32(holder["step"]))
+    twin, twin_state, _ = _encoder_step(useful_args(args), dtype, images, mesh, augment)
+    gflop = xla_gflop(twin, twin_state, on_device, np.int32(0))  # lowered only, not compiled
     name = "encoder_train" if augment == "encoder" else "encoder_step_no_aug"
     result = row(
         name,
@@ -70,7 +89,7 @@ def bench_encoder(args, dtype: str, images: np.ndarray, mesh, augment: str) -> d
         batch=args.batch,
         image_size=args.image_size,
         depth=args.depth,
-        conv_impl=config.encoder.conv_impl,
+        conv_impl=args.conv_impl,
     )
     return with_flops(result, gflop)
 
@@ -142,8 +161,10 @@ def bench_discriminator(args, dtype: str, images: np.ndarray, mesh) -> dict:
     from benchmarks.timings import disc_step
 
     config = encoder_config(args, dtype)
-    call, pairs, source, gflop = disc_step.make_benchmark_call(config, images, mesh)
+    call, pairs, source, _ = disc_step.make_benchmark_call(config, images, mesh)
     t = time_call(call, **timing_kwargs(args))
+    twin = encoder_config(useful_args(args), dtype)
+    _, _, _, gflop = disc_step.make_benchmark_call(twin, images, mesh)  # lowered only
     result = row(
         "discriminator_train",
         dtype,
@@ -198,8 +219,9 @@ def bench_bank(args, dtype: str, images: np.ndarray, mesh) -> dict:
     )
     timing = timing_kwargs(args) | {"calls": 1, "warmup": 1}  # one call = the whole bank
     result = row("feature_bank", dtype, len(bank_images), "images", time_call(call, **timing))
+    twin = encoder_config(useful_args(args), dtype)
     gflop = bank_gflop(
-        (graphdef, params, stats),
+        split_model(build("encoder", twin.encoder, seed=0, dtype=dtype)),
         bank_images.shape,
         config.discriminator.feature_batch_size,
         jnp.dtype(dtype),

@@ -85,6 +85,12 @@ def get_config() -> ml_collections.ConfigDict:
     s.out_dim = 1  # Paper: 1; authors' code: 64 logits (loss averaged over them, score = sum).
     s.head = "mlp"  # Paper App. D.2: "the projecting head maps to a scalar value" (MLP, ELU); authors: "linear".
     s.conv_impl = "auto"  # As encoder.conv_impl.
+    # Extension ("pair" = the paper's 6-channel ResNet): "siamese" = one 3-channel trunk shared by
+    # both images, head on [f, f', |f - f'|, f * f'] (semsad_jax.models.siamese); with
+    # init_from_encoder its trunk starts as the trained encoder's, its updates x trunk_lr_scale.
+    s.arch = "pair"
+    s.init_from_encoder = False
+    s.trunk_lr_scale = 1.0
     # loss and pairs
     s.neighbours = 4  # k of the semantic neighbourhood S(x).
     # S(x) = the k nearest by h among neighbour_pool random training images (paper App. D.2 and
@@ -98,6 +104,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Extension (0 = the paper): this fraction of negatives pairs x with a rotated / quadrant-
     # permuted copy of itself, so "same low-level statistics" stops being a cue for "positive".
     s.shifted_negatives = 0.0
+    # Which shifted copy (semsad_jax.method.pairs.SHIFT_KINDS): "rotate_or_quadrants", "rotation",
+    # "patch4" / "patch16" (2x2 / 4x4 patches permuted) or "pixels" (only the colour histogram kept).
+    s.shifted_kind = "rotate_or_quadrants"
     s.gamma = "uniform"  # "uniform" (paper: U(1, 10)) or "integer" (authors': 1..9).
     s.gamma_max = 10.0
     # augmentation

@@ -111,6 +111,65 @@ def test_shifted_negatives_keep_the_pixels_and_change_the_layout(data):
         assert not np.allclose(a, b)
 
 
+def _patches(image, grid):
+    side = image.shape[0] // grid
+    return [
+        image[i * side : (i + 1) * side, j * side : (j + 1) * side]
+        for i in range(grid)
+        for j in range(grid)
+    ]
+
+
+@pytest.mark.parametrize("kind", ["rotation", "patch4", "patch16", "pixels"])
+def test_statistics_keeping_negatives_keep_the_colour_histogram_and_move_the_layout(kind):
+    """Each shifted_kind keeps every pixel (so the colour histogram, mean and contrast) and is
+    exactly the transformation it names: a rotation, a permutation of the 2x2 / 4x4 patches, or
+    of the pixels (RGB triples kept together)."""
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (32, 8, 8, 3)).astype(np.float32)
+    out = np.asarray(shift_images(jax.random.key(3), jnp.asarray(x), kind))
+    seen = set()
+    for a, b in zip(out, x):
+        # the histogram of every channel, and the multiset of RGB triples, are kept
+        for c in range(3):
+            np.testing.assert_array_equal(np.sort(a[..., c].ravel()), np.sort(b[..., c].ravel()))
+        triples = lambda im: sorted(map(tuple, im.reshape(-1, 3)))
+        assert triples(a) == triples(b)
+        assert not np.array_equal(a, b)
+        if kind == "rotation":
+            (r,) = [r for r in (1, 2, 3) if np.array_equal(a, np.rot90(b, r))]
+            seen.add(r)
+        elif kind in ("patch4", "patch16"):
+            grid = 2 if kind == "patch4" else 4
+            before, after = _patches(b, grid), _patches(a, grid)
+            perm = [next(j for j in range(grid**2) if np.array_equal(g, before[j])) for g in after]
+            assert sorted(perm) == list(range(grid**2)) and perm != sorted(perm)
+            seen.add(tuple(perm))
+    if kind == "rotation":
+        assert seen == {1, 2, 3}
+    elif kind in ("patch4", "patch16"):
+        assert len(seen) > 10  # random permutations, not one fixed shuffle
+    if kind == "pixels":  # neighbouring pixels are no longer neighbours: the layout is gone
+        moved = np.mean(np.all(out == x, axis=-1))
+        assert moved < 0.1
+
+
+def test_shifted_kind_reaches_the_pairs_and_is_checked(data):
+    images, neighbours, batch_idx = data
+    cfg = PairSettings(
+        "paper", mu=0.0, pos_augment="t_org", shifted_negatives=1.0, shifted_kind="rotation"
+    )
+    out = sample(jax.random.key(5), images, neighbours, batch_idx, cfg, jnp.float32)
+    x = _float(images)[np.asarray(batch_idx)]
+    for a, b in zip(np.asarray(out["partner_neg"]), x):
+        assert any(np.allclose(a, np.rot90(b, r), atol=1e-6) for r in (1, 2, 3))
+    assert pair_settings({"shifted_kind": "pixels"}).shifted_kind == "pixels"
+    with pytest.raises(SemsadError, match="shifted_kind"):
+        PairSettings(shifted_kind="shuffle")
+    with pytest.raises(SemsadError, match="divisible by 4"):
+        shift_images(jax.random.key(0), jnp.zeros((2, 6, 6, 3)), "patch16")
+
+
 def test_shift_images_are_rotations_or_quadrant_permutations():
     rng = np.random.default_rng(0)
     x = rng.random((64, 4, 4, 3)).astype(np.float32)

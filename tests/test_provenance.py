@@ -274,3 +274,20 @@ def test_eval_records_what_it_restored_and_notes_fewer_epochs(copy):
     saved = json.loads((workdir / "eval" / "results.json").read_text())
     assert saved["stages"]["encoder"]["epochs"] == 2
     assert saved["stages"]["discriminator"]["restored_step"] == 4
+
+
+def test_a_key_added_later_matches_only_the_value_older_stages_were_trained_with():
+    """discriminator.shifted_kind came after identity version 2: a stage recorded without it was
+    trained with "rotate_or_quadrants", so it is reused for that value and refused for another."""
+    from semsad_jax.workdir.identity import IDENTITY_VERSION, identity_diff, identity_problem
+
+    recorded = {"discriminator.mu": 0.03125, "seed": 0}
+    wanted = dict(recorded, **{"discriminator.shifted_kind": "rotate_or_quadrants"})
+    meta = {"identity_version": IDENTITY_VERSION, "identity": recorded}
+    assert identity_diff(recorded, wanted) == []
+    assert identity_problem("W holds a discriminator", "discriminator", meta, wanted) is None
+    other = dict(wanted, **{"discriminator.shifted_kind": "pixels"})
+    assert identity_diff(recorded, other) == ["discriminator.shifted_kind"]
+    problem = identity_problem("W holds a discriminator", "discriminator", meta, other)
+    assert "shifted_kind='rotate_or_quadrants' (config: 'pixels')" in problem
+    assert identity_diff({"seed": 0}, {"seed": 0, "discriminator.mu": 0.5}) == ["discriminator.mu"]

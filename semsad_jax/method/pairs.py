@@ -30,7 +30,11 @@ x_i: rotated by 90, 180 or 270 degrees, or its four quadrants permuted. A shifte
 low-level statistic of the image (colours, contrast, sharpness, texture) and breaks its global
 layout, so such negatives take away "same low-level statistics = positive" as a shortcut (the
 shifting transformations of CSI, Tack et al. 2020, used as negatives in Rafiee et al. 2022).
-``neg_partner_idx`` is x_i's own index on those rows.
+``neg_partner_idx`` is x_i's own index on those rows. ``discriminator.shifted_kind`` chooses the
+transformation (:data:`SHIFT_KINDS`, :func:`shift_images`): ``"rotate_or_quadrants"`` (the default,
+the behaviour before the key existed), ``"rotation"``, ``"patch4"`` / ``"patch16"`` (the 2x2 / 4x4
+grid of patches permuted) or ``"pixels"`` (every pixel moved: only the colour histogram is kept),
+the statistics-keeping negatives of Rafiee et al. 2022.
 
 Every random choice comes from ``key`` (callers pass ``fold_in(seed_key, step)``); augmentation of
 row i depends only on (key, i) (see :func:`augment.augment_batch`), so the result does not depend on
@@ -51,6 +55,8 @@ from semsad_jax.augment.presets import AugmentSpec, get_spec
 from semsad_jax.errors import SemsadError
 
 VARIANTS = ("paper", "authors")
+# What a shifted negative does to the image (:func:`shift_images`); the first is the default.
+SHIFT_KINDS = ("rotate_or_quadrants", "rotation", "patch4", "patch16", "pixels")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +68,7 @@ class PairSettings:
     pos_augment: str | AugmentSpec = "t_pos"  # preset name or spec (see augment.PRESETS)
     neg_augment: str | AugmentSpec = "t_neg"
     shifted_negatives: float = 0.0  # extension: fraction of negatives that are shifted copies
+    shifted_kind: str = SHIFT_KINDS[0]  # extension: which shifting transformation (SHIFT_KINDS)
     neighbour_augment: bool = False  # ablation: neighbour pairs through pos_augment (not the paper)
 
     def __post_init__(self) -> None:
@@ -74,6 +81,11 @@ class PairSettings:
         if not 0.0 <= self.shifted_negatives <= 1.0:
             raise SemsadError(
                 f"discriminator.shifted_negatives={self.shifted_negatives} must be in [0, 1]."
+            )
+        if self.shifted_kind not in SHIFT_KINDS:
+            raise SemsadError(
+                f"unknown discriminator.shifted_kind {self.shifted_kind!r}; use one of "
+                f"{', '.join(SHIFT_KINDS)}."
             )
         get_spec(self.pos_augment)
         get_spec(self.neg_augment)
@@ -105,6 +117,7 @@ def pair_settings(cfg: Any) -> PairSettings:
         pos_augment=str(cfg.get("pos_augment", default.pos_augment)),
         neg_augment=neg,
         shifted_negatives=float(cfg.get("shifted_negatives", default.shifted_negatives)),
+        shifted_kind=str(cfg.get("shifted_kind", default.shifted_kind)),
         neighbour_augment=bool(cfg.get("neighbour_augment", default.neighbour_augment)),
     )
 
@@ -191,7 +204,7 @@ def build_pair_views(
         rows_shifted = jax.random.permutation(shift_keys[0], batch)[:num_shifted]
         is_shifted = is_shifted.at[rows_shifted].set(True)
         view = augment_batch(shift_keys[1], x, pos_spec, dtype=dtype)
-        shifted = shift_images(shift_keys[2], view)
+        shifted = shift_images(shift_keys[2], view, settings.shifted_kind)
         partner_neg = jnp.where(is_shifted[:, None, None, None], shifted, partner_neg)
         if settings.variant == "paper":  # the reference of a shifted pair is a t_pos view too
             ref_pos_view = augment_batch(
@@ -245,33 +258,73 @@ def sample_pairs(
 _QUADRANT_PERMUTATIONS = tuple(p for p in itertools.permutations(range(4)) if p != (0, 1, 2, 3))
 
 
-def shift_images(key: jax.Array, images: jax.Array) -> jax.Array:
+def shift_images(key: jax.Array, images: jax.Array, kind: str = SHIFT_KINDS[0]) -> jax.Array:
     """A random shifting transformation of each image [B, H, W, C] (square images).
 
-    Per image, uniformly one of: rotation by 90, 180 or 270 degrees, or a permutation of its four
-    quadrants (uniform among the 23 non-identity ones; only for even H and W, else a rotation).
-    Every pixel value is kept; only the layout changes.
+    Every pixel value is kept; only the layout changes. Per image, with ``kind``:
+
+    * ``"rotate_or_quadrants"``: uniformly one of rotation by 90, 180 or 270 degrees, or a
+      permutation of its four quadrants (uniform among the 23 non-identity ones; only for even H
+      and W, else a rotation);
+    * ``"rotation"``: rotation by 90, 180 or 270 degrees, uniformly;
+    * ``"patch4"``: the 2x2 grid of patches permuted (one of the 23 non-identity permutations);
+    * ``"patch16"``: the 4x4 grid of patches permuted (a uniform permutation of 16; H divisible
+      by 4);
+    * ``"pixels"``: every pixel (its C values together) moved by a uniform permutation of the
+      H*W positions: only the colour histogram is left.
     """
-    batch, height, width, _ = images.shape
+    batch, height, width, channels = images.shape
     if height != width:
         raise SemsadError(f"shifted negatives need square images, got {height}x{width}.")
+    if kind not in SHIFT_KINDS:
+        raise SemsadError(f"unknown shifted_kind {kind!r}; use one of {', '.join(SHIFT_KINDS)}.")
     k_kind, k_perm = jax.random.split(key)
-    even = height % 2 == 0 and width % 2 == 0
-    kind = jax.random.randint(k_kind, (batch,), 0, 4 if even else 3)
+    if kind == "rotation":
+        return _choose(k_kind, [jnp.rot90(images, r, axes=(1, 2)) for r in (1, 2, 3)])
+    if kind == "patch4":
+        return _permute_patches(k_perm, images, 2)
+    if kind == "patch16":
+        return _permute_patches(k_perm, images, 4)
+    if kind == "pixels":
+        keys = jax.random.split(k_perm, batch)
+        order = jax.vmap(lambda k: jax.random.permutation(k, height * width))(keys)
+        flat = images.reshape(batch, height * width, channels)
+        return jnp.take_along_axis(flat, order[:, :, None], axis=1).reshape(images.shape)
     options = [jnp.rot90(images, r, axes=(1, 2)) for r in (1, 2, 3)]
-    if even:
-        perm = jnp.asarray(_QUADRANT_PERMUTATIONS, jnp.int32)[
-            jax.random.randint(k_perm, (batch,), 0, len(_QUADRANT_PERMUTATIONS))
-        ]
-        h, w = height // 2, width // 2
-        quads = images.reshape(batch, 2, h, 2, w, -1).transpose(0, 1, 3, 2, 4, 5)
-        quads = quads.reshape(batch, 4, h, w, -1)
-        quads = jnp.take_along_axis(quads, perm[:, :, None, None, None], axis=1)
-        options.append(
-            quads.reshape(batch, 2, 2, h, w, -1).transpose(0, 1, 3, 2, 4, 5).reshape(images.shape)
-        )
+    if height % 2 == 0:
+        options.append(_permute_patches(k_perm, images, 2))
+    return _choose(k_kind, options)
+
+
+def _choose(key: jax.Array, options: list[jax.Array]) -> jax.Array:
+    """Per image, one of ``options`` (each [B, ...]) uniformly."""
+    kind = jax.random.randint(key, (options[0].shape[0],), 0, len(options))
     stacked = jnp.stack(options)  # [kinds, B, H, W, C]
     return jnp.take_along_axis(stacked, kind[None, :, None, None, None], axis=0)[0]
+
+
+def _permute_patches(key: jax.Array, images: jax.Array, grid: int) -> jax.Array:
+    """The ``grid`` x ``grid`` patches of each image permuted: for grid 2 one of the 23
+    non-identity permutations, else a uniform permutation of grid**2 (H divisible by grid)."""
+    batch, height, width, channels = images.shape
+    if height % grid:
+        raise SemsadError(
+            f"a {grid}x{grid} patch permutation needs a side divisible by {grid}, got {height}; "
+            f"set data.image_size to a multiple of {grid} or another discriminator.shifted_kind."
+        )
+    count = grid * grid
+    if grid == 2:
+        table = jnp.asarray(_QUADRANT_PERMUTATIONS, jnp.int32)
+        perm = table[jax.random.randint(key, (batch,), 0, len(_QUADRANT_PERMUTATIONS))]
+    else:
+        keys = jax.random.split(key, batch)
+        perm = jax.vmap(lambda k: jax.random.permutation(k, count))(keys)
+    h, w = height // grid, width // grid
+    patches = images.reshape(batch, grid, h, grid, w, channels).transpose(0, 1, 3, 2, 4, 5)
+    patches = patches.reshape(batch, count, h, w, channels)
+    patches = jnp.take_along_axis(patches, perm[:, :, None, None, None], axis=1)
+    patches = patches.reshape(batch, grid, grid, h, w, channels).transpose(0, 1, 3, 2, 4, 5)
+    return patches.reshape(images.shape)
 
 
 def stack_pair(reference: jax.Array, partner: jax.Array) -> jax.Array:

@@ -17,7 +17,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from semsad_jax.errors import SemsadError
+from semsad_jax.models.conv import check_choice
 from semsad_jax.models.resnet import ResNet, canonical_dtype
+from semsad_jax.models.siamese import ARCHS, SiameseDiscriminator
 
 __all__ = [
     "ARCH_KEYS",
@@ -34,7 +36,7 @@ KINDS = ("encoder", "discriminator")
 # The config keys that fix a network's parameter tree (conv_impl only chooses how it is computed).
 ARCH_KEYS = {
     "encoder": ("depth", "width", "norm", "head", "out_dim"),
-    "discriminator": ("depth", "width", "activation", "norm", "out_dim", "head"),
+    "discriminator": ("depth", "width", "activation", "norm", "out_dim", "head", "arch"),
 }
 _SEED_OFFSET = {"encoder": 0, "discriminator": 1}
 
@@ -65,15 +67,34 @@ def make_encoder(section: Any, *, rngs: nnx.Rngs, dtype: Any = jnp.float32) -> R
     return _resnet(section, 3, "relu", rngs, dtype)
 
 
-def make_discriminator(section: Any, *, rngs: nnx.Rngs, dtype: Any = jnp.float32) -> ResNet:
+def make_discriminator(
+    section: Any, *, rngs: nnx.Rngs, dtype: Any = jnp.float32
+) -> ResNet | SiameseDiscriminator:
     """Pair discriminator s from its config section: 6 input channels (reference, partner).
 
-    Reads depth, width, activation, norm, head, out_dim (1, or the authors' 64) and conv_impl.
+    Reads depth, width, activation, norm, head, out_dim (1, or the authors' 64) and conv_impl;
+    ``arch`` (absent = "pair", the paper's 6-channel ResNet) "siamese" builds the extension
+    :class:`~semsad_jax.models.siamese.SiameseDiscriminator` (its head is always the MLP).
     """
+    arch = getattr(section, "arch", "pair")
+    check_choice("arch", arch, ARCHS)
+    if arch == "siamese":
+        return SiameseDiscriminator(
+            depth=section.depth,
+            width=section.width,
+            norm=section.norm,
+            activation=section.activation,
+            out_dim=section.out_dim,
+            dtype=dtype,
+            conv_impl=section.conv_impl,
+            rngs=rngs,
+        )
     return _resnet(section, 6, section.activation, rngs, dtype)
 
 
-def build(kind: str, section: Any, *, seed: int, dtype: Any = "float32") -> ResNet:
+def build(
+    kind: str, section: Any, *, seed: int, dtype: Any = "float32"
+) -> ResNet | SiameseDiscriminator:
     """The ``kind`` network ("encoder" or "discriminator") of ``section`` with fresh parameters."""
     if kind not in KINDS:
         raise SemsadError(f"unknown network {kind!r}; use one of {', '.join(KINDS)}.")

@@ -36,7 +36,7 @@ STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 STAGE_STRIDES = (1, 2, 2, 2)
 ACTIVATIONS = {"relu": jax.nn.relu, "elu": jax.nn.elu}  # ELU with alpha 1.
 NORMS = ("batch", "group", "batch_transductive")
-HEADS = ("linear", "mlp")
+HEADS = ("linear", "mlp", "none")  # "none": __call__ returns the pooled features
 COMPUTE_DTYPES = ("float32", "bfloat16")
 BN_MOMENTUM = 0.9  # flax convention: running = 0.9 * running + 0.1 * batch (torch momentum 0.1).
 NORM_EPS = 1e-5
@@ -269,9 +269,11 @@ class ResNet(nnx.Module):
                 in_ch = out_ch
         self.blocks = nnx.List(blocks)
         self.has_hidden = head == "mlp"
+        self.has_head = head != "none"
         if self.has_hidden:
             self.head_hidden = _linear(self.feature_dim, self.feature_dim, dtype, rngs)
-        self.head = _linear(self.feature_dim, out_dim, dtype, rngs)
+        if self.has_head:
+            self.head = _linear(self.feature_dim, out_dim, dtype, rngs)
 
     def features(self, x: jax.Array) -> jax.Array:
         """``[B, H, W, in_channels]`` -> globally pooled ``[B, 8 * width]`` float32 features."""
@@ -282,6 +284,8 @@ class ResNet(nnx.Module):
         return jnp.mean(y.astype(jnp.float32), axis=(1, 2))
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        if not self.has_head:
+            return self.features(x)
         y = self.features(x).astype(self.dtype)
         if self.has_hidden:
             y = ACTIVATIONS[self.activation](self.head_hidden(y))

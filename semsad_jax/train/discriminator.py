@@ -45,6 +45,7 @@ from semsad_jax.method.pairs import (
 )
 from semsad_jax.method.scoring import forward_pairs
 from semsad_jax.models.build import build, compute_dtype, model_stats
+from semsad_jax.models.siamese import initialise_from_encoder
 from semsad_jax.train import stage
 from semsad_jax.train import step as steps
 from semsad_jax.train.monitors import heldout_report
@@ -184,6 +185,15 @@ def bound_train_step(
     )
 
 
+def _fresh_discriminator(section: Any, seed: int, dtype: Any, encoder: tuple):
+    """The discriminator before training: fresh, or with ``init_from_encoder`` its trunk set to
+    the encoder's (the siamese extension, :func:`semsad_jax.models.siamese.initialise_from_encoder`)."""
+    model = build(STAGE, section, seed=seed, dtype=dtype)
+    if getattr(section, "init_from_encoder", False):
+        model = initialise_from_encoder(model, encoder)
+    return model
+
+
 def train_discriminator(
     section: Any,
     ctx: stage.StageContext,
@@ -246,7 +256,7 @@ def train_discriminator(
         name=STAGE,
         section=section,
         identity=identity,
-        build=lambda: build(STAGE, section, seed=ctx.seed, dtype=dtype),
+        build=lambda: _fresh_discriminator(section, ctx.seed, dtype, encoder),
         steps_per_epoch=steps_per_epoch(section, len(train)),
         images_per_step=2 * batch,
         num_train=len(train),

@@ -43,7 +43,21 @@ def make_optimizer(cfg: Any, steps_per_epoch: int) -> optax.GradientTransformati
 
     "adam" and "amsgrad" use coupled L2 like ``torch.optim.Adam(weight_decay=...)`` (the paper's and
     the authors' setting); "adamw" decoupled decay; "sgd" momentum 0.9 with coupled decay.
+    ``trunk_lr_scale`` (absent = 1; the siamese discriminator's extension): the updates of the
+    parameters under the top-level key ``trunk`` are multiplied by it (0 = frozen).
     """
+    tx = _base_optimizer(cfg, steps_per_epoch)
+    scale = float(getattr(cfg, "trunk_lr_scale", 1.0))
+    if scale == 1.0:
+        return tx
+    if scale < 0:
+        raise SemsadError(f"trunk_lr_scale={scale} must be >= 0 (0 freezes the trunk).")
+    labels = lambda params: {key: "trunk" if key == "trunk" else "rest" for key in params}
+    trunk = optax.multi_transform({"trunk": optax.scale(scale), "rest": optax.identity()}, labels)
+    return optax.chain(tx, trunk)
+
+
+def _base_optimizer(cfg: Any, steps_per_epoch: int) -> optax.GradientTransformation:
     sched = make_schedule(cfg, steps_per_epoch)
     wd = float(cfg.weight_decay)
     name = cfg.optimizer

@@ -64,6 +64,14 @@ SCHEDULES_OVER_TOTAL = ("cosine",)
 # paper's pairs of issue 11, data digests, epochs under cosine. Bump when a value changes meaning.
 IDENTITY_VERSION = 2
 _MISSING = "<not recorded>"
+# Keys added after IDENTITY_VERSION 2 with the value that every stage recorded without them was
+# trained with: a record lacking one of them matches that value (and only that value).
+ADDED_KEYS = {
+    "discriminator.shifted_kind": "rotate_or_quadrants",
+    "discriminator.arch": "pair",
+    "discriminator.init_from_encoder": False,
+    "discriminator.trunk_lr_scale": 1.0,
+}
 
 
 def _plain(value: Any) -> Any:  # also the workdir's JSON memory (layout)
@@ -118,7 +126,7 @@ def stage_identity(
 
 def identity_diff(recorded: dict, wanted: dict) -> list[str]:
     """Keys of ``wanted`` whose recorded value differs, or that the record lacks."""
-    return sorted(k for k in wanted if recorded.get(k, _MISSING) != wanted[k])
+    return sorted(k for k in wanted if recorded.get(k, ADDED_KEYS.get(k, _MISSING)) != wanted[k])
 
 
 def identity_digest(identity: dict) -> str:
@@ -129,7 +137,8 @@ def identity_digest(identity: dict) -> str:
 
 def describe_diff(recorded: dict, wanted: dict, keys: list[str], limit: int = 4) -> str:
     shown = ", ".join(
-        f"{k}={recorded.get(k, _MISSING)!r} (config: {wanted.get(k)!r})" for k in keys[:limit]
+        f"{k}={recorded.get(k, ADDED_KEYS.get(k, _MISSING))!r} (config: {wanted.get(k)!r})"
+        for k in keys[:limit]
     )
     more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
     return shown + more

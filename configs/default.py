@@ -107,6 +107,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Which shifted copy (semsad_jax.method.pairs.SHIFT_KINDS): "rotate_or_quadrants", "rotation",
     # "patch4" / "patch16" (2x2 / 4x4 patches permuted) or "pixels" (only the colour histogram kept).
     s.shifted_kind = "rotate_or_quadrants"
+    # Extension (False = the paper): positives and negatives draw their view strength (plain,
+    # t_pos, t_neg) from one mixture, so augmentation strength is no cue (semsad_jax.method.pairs).
+    s.matched_views = False
     s.gamma = "uniform"  # "uniform" (paper: U(1, 10)) or "integer" (authors': 1..9).
     s.gamma_max = 10.0
     # augmentation

@@ -111,6 +111,53 @@ def test_shifted_negatives_keep_the_pixels_and_change_the_layout(data):
         assert not np.allclose(a, b)
 
 
+FLIP = AugmentSpec(crop_scale=None, flip_p=1.0, jitter_p=0.0, gray_p=0.0)  # mild: mirrored
+GRAY = AugmentSpec(crop_scale=None, flip_p=0.0, jitter_p=0.0, gray_p=1.0)  # heavy: grayscale
+
+
+def test_matched_views_give_positives_and_negatives_one_strength_mixture(data):
+    """matched_views: exactly as many plain negatives as plain (neighbour) positives, every other
+    row of either kind t_pos or t_neg with probability 1/2, both images of a pair the same preset;
+    off (the paper) positives are t_pos or plain and negatives always t_neg."""
+    images, neighbours, batch_idx = data
+    cfg = PairSettings("paper", mu=0.25, pos_augment=FLIP, neg_augment=GRAY, matched_views=True)
+    bi = np.asarray(batch_idx)
+    strong = {"pos": [], "neg": []}
+    for seed in range(12):
+        out = sample(jax.random.key(seed), images, neighbours, batch_idx, cfg, jnp.float32)
+        is_nb = np.asarray(out["is_neighbour_pair"])
+        kinds = {
+            "pos": (out["ref_pos"], out["partner_pos"], bi, np.asarray(out["pos_partner_idx"])),
+            "neg": (out["ref_neg"], out["partner_neg"], bi, np.asarray(out["neg_partner_idx"])),
+        }
+        for kind, (ref, partner, ref_idx, partner_idx) in kinds.items():
+            strength = np.asarray(out[f"view_strength_{kind}"])
+            assert (strength == 0).sum() == 4  # round(0.25 * 16), for both kinds
+            if kind == "pos":
+                np.testing.assert_array_equal(strength == 0, is_nb)
+            for view, idx in ((ref, ref_idx), (partner, partner_idx)):
+                raw = _float(images)[idx]
+                view = np.asarray(view)
+                for row in range(B):
+                    if strength[row] == 0:
+                        np.testing.assert_allclose(view[row], raw[row], atol=1e-6)
+                    elif strength[row] == 1:
+                        np.testing.assert_allclose(view[row], raw[row][:, ::-1], atol=1e-6)
+                    else:
+                        assert np.allclose(view[row][..., 0], view[row][..., 1], atol=1e-6)
+                        assert not np.allclose(view[row], raw[row], atol=1e-3)
+            strong[kind].extend(strength[strength > 0] == 2)
+    for kind in ("pos", "neg"):
+        assert 0.4 < np.mean(strong[kind]) < 0.6, kind  # 144 rows each: 1/2 +- 0.1 (2.4 sigma)
+    paper = dataclasses.replace(cfg, matched_views=False)
+    out = sample(jax.random.key(0), images, neighbours, batch_idx, paper, jnp.float32)
+    assert set(np.asarray(out["view_strength_neg"]).tolist()) == {2}
+    assert set(np.asarray(out["view_strength_pos"]).tolist()) == {0, 1}
+    with pytest.raises(SemsadError, match="matched_views"):
+        PairSettings("authors", matched_views=True)
+    assert pair_settings({"matched_views": True}).matched_views
+
+
 def _patches(image, grid):
     side = image.shape[0] // grid
     return [

@@ -36,6 +36,15 @@ the behaviour before the key existed), ``"rotation"``, ``"patch4"`` / ``"patch16
 grid of patches permuted) or ``"pixels"`` (every pixel moved: only the colour histogram is kept),
 the statistics-keeping negatives of Rafiee et al. 2022.
 
+Extension (``discriminator.matched_views``, False = the paper): the view strength stops telling
+positives from negatives. Positives are mildly augmented (t_pos) or plain (the neighbour pairs),
+negatives strongly (t_neg), so "how augmented is this pair" is itself a cue s can learn instead of
+meaning, and test pairs are plain. With matched views, every pair kind draws its strength from one
+mixture: exactly ``round(mu * B)`` negative rows are plain, like the neighbour positives, and every
+other row of either kind takes t_pos or t_neg views with probability 1/2 each (both images of a
+pair the same preset). ``view_strength_pos`` / ``view_strength_neg`` (int32 [B]: 0 plain, 1 t_pos,
+2 t_neg) record it. Needs ``pairs="paper"``.
+
 Every random choice comes from ``key`` (callers pass ``fold_in(seed_key, step)``); augmentation of
 row i depends only on (key, i) (see :func:`augment.augment_batch`), so the result does not depend on
 how the batch is sharded.
@@ -69,6 +78,7 @@ class PairSettings:
     neg_augment: str | AugmentSpec = "t_neg"
     shifted_negatives: float = 0.0  # extension: fraction of negatives that are shifted copies
     shifted_kind: str = SHIFT_KINDS[0]  # extension: which shifting transformation (SHIFT_KINDS)
+    matched_views: bool = False  # extension: positives and negatives from one view-strength mixture
     neighbour_augment: bool = False  # ablation: neighbour pairs through pos_augment (not the paper)
 
     def __post_init__(self) -> None:
@@ -81,6 +91,11 @@ class PairSettings:
         if not 0.0 <= self.shifted_negatives <= 1.0:
             raise SemsadError(
                 f"discriminator.shifted_negatives={self.shifted_negatives} must be in [0, 1]."
+            )
+        if self.matched_views and self.variant != "paper":
+            raise SemsadError(
+                "discriminator.matched_views needs discriminator.pairs='paper' (the authors' "
+                "negatives reuse the positives' reference view)."
             )
         if self.shifted_kind not in SHIFT_KINDS:
             raise SemsadError(
@@ -118,6 +133,7 @@ def pair_settings(cfg: Any) -> PairSettings:
         neg_augment=neg,
         shifted_negatives=float(cfg.get("shifted_negatives", default.shifted_negatives)),
         shifted_kind=str(cfg.get("shifted_kind", default.shifted_kind)),
+        matched_views=bool(cfg.get("matched_views", default.matched_views)),
         neighbour_augment=bool(cfg.get("neighbour_augment", default.neighbour_augment)),
     )
 
@@ -195,6 +211,12 @@ def build_pair_views(
     else:
         ref_neg = augment_batch(keys[5], x, neg_spec, dtype=dtype)
     partner_neg = augment_batch(keys[6], negatives, neg_spec, dtype=dtype)
+    strength_pos = jnp.where(is_nb & (not settings.neighbour_augment), 0, 1).astype(jnp.int32)
+    strength_neg = jnp.full((batch,), 2, jnp.int32)
+    if settings.matched_views:
+        views = _matched_views(jax.random.fold_in(key, 8), rows, is_nb, settings, pos_spec,
+                               neg_spec, dtype)  # fmt: skip
+        ref_pos, partner_pos, ref_neg, partner_neg, strength_pos, strength_neg = views
 
     # Extension: shifted copies of the image itself as negative partners.
     num_shifted = settings.num_shifted_negatives(batch)
@@ -219,9 +241,43 @@ def build_pair_views(
         "partner_neg": partner_neg,
         "is_neighbour_pair": is_nb,
         "is_shifted_negative": is_shifted,
+        "view_strength_pos": strength_pos,
+        "view_strength_neg": jnp.where(is_shifted, 1, strength_neg).astype(jnp.int32),
         "pos_partner_idx": indices["pos_partner_idx"],
         "neg_partner_idx": neg_partner_idx.astype(jnp.int32),
     }
+
+
+def _matched_views(key, rows, is_nb, settings, pos_spec, neg_spec, dtype):
+    """(ref_pos, partner_pos, ref_neg, partner_neg, strength_pos, strength_neg) with matched view
+    strengths (module docstring): round(mu * B) plain rows of each kind, the rest t_pos or t_neg
+    with probability 1/2, both images of a pair through the same preset."""
+    x, partners, negatives = rows
+    batch = x.shape[0]
+    k = jax.random.split(key, 8)
+    plain_neg = jnp.zeros((batch,), bool)
+    num_plain = settings.num_neighbour_pairs(batch)
+    if num_plain:
+        plain_neg = plain_neg.at[jax.random.permutation(k[0], batch)[:num_plain]].set(True)
+    plain_pos = is_nb & (not settings.neighbour_augment)
+    strong_pos = jax.random.bernoulli(k[1], 0.5, (batch,))
+    strong_neg = jax.random.bernoulli(k[2], 0.5, (batch,))
+
+    def view(k_pos, k_neg, images, plain, strong):
+        mild = augment_batch(k_pos, images, pos_spec, dtype=dtype)
+        heavy = augment_batch(k_neg, images, neg_spec, dtype=dtype)
+        out = jnp.where(strong[:, None, None, None], heavy, mild)
+        return jnp.where(plain[:, None, None, None], to_float(images, dtype), out)
+
+    strength = lambda plain, strong: jnp.where(plain, 0, jnp.where(strong, 2, 1)).astype(jnp.int32)
+    return (
+        view(k[3], jax.random.fold_in(k[3], 1), x, plain_pos, strong_pos),
+        view(k[4], jax.random.fold_in(k[4], 1), partners, plain_pos, strong_pos),
+        view(k[5], jax.random.fold_in(k[5], 1), x, plain_neg, strong_neg),
+        view(k[6], jax.random.fold_in(k[6], 1), negatives, plain_neg, strong_neg),
+        strength(plain_pos, strong_pos),
+        strength(plain_neg, strong_neg),
+    )
 
 
 def sample_pairs(
@@ -248,7 +304,8 @@ def sample_pairs(
       [0, 1]; ``is_neighbour_pair``: bool [B] (exactly round(mu * B) True);
       ``pos_partner_idx``: int32 [B], the image index of each positive partner (= batch_idx where not
       a neighbour pair); ``neg_partner_idx``: int32 [B], the image index of each negative partner;
-      ``is_shifted_negative``: bool [B] (exactly round(shifted_negatives * B) True).
+      ``is_shifted_negative``: bool [B] (exactly round(shifted_negatives * B) True);
+      ``view_strength_pos`` / ``view_strength_neg``: int32 [B], 0 plain, 1 t_pos, 2 t_neg views.
     """
     indices = sample_pair_indices(key, neighbours, batch_idx, cfg)
     return build_pair_views(key, pair_rows(images_u8, indices), indices, cfg, dtype)

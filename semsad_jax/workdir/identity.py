@@ -68,6 +68,7 @@ _MISSING = "<not recorded>"
 # trained with: a record lacking one of them matches that value (and only that value).
 ADDED_KEYS = {
     "discriminator.shifted_kind": "rotate_or_quadrants",
+    "discriminator.matched_views": False,
     "discriminator.arch": "pair",
     "discriminator.init_from_encoder": False,
     "discriminator.trunk_lr_scale": 1.0,

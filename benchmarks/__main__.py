@@ -39,6 +39,10 @@ BENCHMARKS = {
         "experiments.cifar10_quality",
         "AUROC / FPR95 on CIFAR-10 (class split, one-class, far OOD) beside the floors",
     ),
+    "encoder_recipes": (
+        "experiments.encoder_recipes",
+        "an encoder recipe at equal steps: kNN accuracy on a validation protocol, CPU minutes",
+    ),
     "shortcuts": (
         "experiments.shortcuts",
         "what drives the score s on a trained workdir (controlled pairs, changed images)",

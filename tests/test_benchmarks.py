@@ -405,6 +405,45 @@ def test_quality_orchestration_with_stubbed_pipeline(tmp_path, monkeypatch):
     assert "| mean (1 class) | last_five | 60.0 +- 0.0 | 65.0 +- 0.0 |" in text
 
 
+def test_encoder_recipes_trains_only_the_encoder_on_validation_images(tmp_path, monkeypatch):
+    """encoder_recipes: the encoder stage alone, on the protocol's validation split (fit images;
+    kNN measured on held-out ones), for --steps steps (epochs = steps / steps per epoch), with the
+    budget's recipe plus --set; result.json reports the stage's kNN accuracies and its minutes."""
+    import semsad_jax.data
+    import semsad_jax.run
+    from benchmarks.experiments import encoder_recipes
+
+    seen = {}
+
+    class FakeSets:
+        def __init__(self, data, seed=0):
+            seen["sets"] = data.train
+
+        def train(self):
+            return np.zeros((1000, 8, 8, 3), np.uint8)  # 1000 // 16 = 62 steps per epoch
+
+    def fake_run(config, workdir, mode):
+        seen.update(config=config, workdir=workdir, mode=mode)
+        epochs = config.encoder.epochs
+        summary = {"num_train": 1000, "epochs": epochs, "total_steps": 62 * epochs}
+        return {"encoder": summary | {"knn_accuracy": 0.61, "pixel_knn_accuracy": 0.4}}
+
+    monkeypatch.setattr(semsad_jax.data, "DataSets", FakeSets)
+    monkeypatch.setattr(semsad_jax.run, "run", fake_run)
+    out = tmp_path / "enc"
+    argv = ["--budget=tiny", f"--out={out}", "--steps=250", "--archive", __file__]
+    result = encoder_recipes.main([*argv, "--set", "encoder.optimizer=sgd"])
+    config = seen["config"]
+    assert seen["mode"] == "encoder" and seen["workdir"] == str(out)
+    assert "part=fit" in config.data.train and "part=holdout" in config.data.test
+    assert seen["sets"] == config.data.train
+    assert config.encoder.epochs == 4 and config.encoder.optimizer == "sgd"  # round(250 / 62)
+    assert result["steps"] == 248 and result["knn_accuracy"] == 0.61
+    assert result["pixel_knn_accuracy"] == 0.4 and result["split"] == "validation"
+    assert ["encoder.optimizer", "sgd"] in result["overrides"]
+    assert json.loads((out / "result.json").read_text())["epochs"] == 4
+
+
 def test_torch_reference_matches_ours():
     torch = pytest.importorskip("torch")
     from flax import nnx

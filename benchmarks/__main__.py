@@ -43,6 +43,10 @@ BENCHMARKS = {
         "experiments.encoder_recipes",
         "an encoder recipe at equal steps: kNN accuracy on a validation protocol, CPU minutes",
     ),
+    "scaling_curve": (
+        "experiments.scaling_curve",
+        "AUROC and encoder kNN accuracy against training compute, fitted and extrapolated",
+    ),
     "shortcuts": (
         "experiments.shortcuts",
         "what drives the score s on a trained workdir (controlled pairs, changed images)",

@@ -444,6 +444,61 @@ def test_encoder_recipes_trains_only_the_encoder_on_validation_images(tmp_path, 
     assert json.loads((out / "result.json").read_text())["epochs"] == 4
 
 
+def _fake_quality_run(root, steps, aurocs, knn=0.5):
+    """A cifar10_quality output folder with one class-split run: results.json and stage.jsons."""
+    records = [
+        {
+            "protocol": "class_split",
+            "detector": d,
+            "ood": ood,
+            "auroc": a if ood == "last_five" else 0.9,
+        }
+        for d, a in aurocs.items()
+        for ood in ("last_five", "far_noise")
+    ]
+    result = {"split": "validation", "budget": {"enc_batch": 256}, "records": records}
+    (root / "results.json").parent.mkdir(parents=True)
+    (root / "results.json").write_text(json.dumps(result))
+    work = root / "work" / "validation" / "class_split" / "seed0" / "running_stats"
+    for stage, meta in (
+        ("encoder", {"total_steps": steps, "epochs": steps // 15, "train_minutes": steps / 100,
+                     "knn_accuracy": knn, "pixel_knn_accuracy": 0.5}),
+        ("discriminator", {"total_steps": 240}),
+    ):  # fmt: skip
+        (work / stage).mkdir(parents=True)
+        (work / stage / "stage.json").write_text(json.dumps(meta))
+    return str(root)
+
+
+def test_scaling_curve_fits_log_compute_and_solves_the_crossings(tmp_path, capsys):
+    """AUROC exactly linear in log10(views): the fitted slopes are the true ones, semsad crosses a
+    floor where the two lines meet (by hand), never where its slope is not above the floor's."""
+    from benchmarks.experiments import scaling_curve
+
+    runs = []
+    for i, steps in enumerate((100, 400, 1600)):
+        views = 2 * 256 * steps
+        x = np.log10(views)
+        aurocs = {"semsad": 0.1 + 0.08 * x, "knn": 0.4 + 0.02 * x, "mahalanobis": 0.9 - 0.01 * x}
+        aurocs["pixels_knn"] = 0.56  # flat: semsad (rising) crosses it
+        runs.append(_fake_quality_run(tmp_path / f"r{i}", steps, aurocs, knn=0.5 + 0.05 * i))
+    result = scaling_curve.main(["--runs", *runs, "--out", str(tmp_path / "out" / "scaling")])
+    lines = result["lines"]
+    assert lines["semsad"][1] == pytest.approx(0.08) and lines["knn"][1] == pytest.approx(0.02)
+    assert result["crossings"]["knn"] == pytest.approx(
+        10 ** ((0.4 - 0.1) / (0.08 - 0.02)), rel=1e-6
+    )
+    assert result["crossings"]["pixels_knn"] == pytest.approx(10 ** ((0.56 - 0.1) / 0.08), rel=1e-6)
+    assert result["crossings"]["mahalanobis"] == pytest.approx(10 ** (0.8 / 0.09), rel=1e-6)
+    assert [p["views"] for p in result["points"]] == [51200, 204800, 819200]
+    assert (tmp_path / "out" / "scaling.png").stat().st_size > 1000
+    assert "never" not in capsys.readouterr().out
+    flat = [_fake_quality_run(tmp_path / f"f{i}", s, {"semsad": 0.5, "knn": 0.4 + 0.01 * i})
+            for i, s in enumerate((100, 200))]  # fmt: skip
+    out = scaling_curve.main(["--runs", *flat, "--out", str(tmp_path / "flat")])
+    assert out["crossings"] == {"knn": None}
+
+
 def test_torch_reference_matches_ours():
     torch = pytest.importorskip("torch")
     from flax import nnx

@@ -169,15 +169,10 @@ def test_throughput_flop_count_and_torch_discriminator_parts():
     ref = torch_reference.discriminator_loss(torch.from_numpy(s_pos), torch.from_numpy(s_neg), 3.7)
     assert float(discriminator_loss(s_pos, s_neg, 3.7)) == pytest.approx(ref.item(), rel=1e-5)
     images = np.random.default_rng(1).integers(0, 256, (32, 8, 8, 3), np.uint8)
-    rows = torch_peer.bench_torch(
+    rows = _tiny_torch_rows(
+        torch_peer,
         images,
-        batch=8,
-        width=4,
-        dtypes=["float32"],
-        workers=0,
-        timing=dict(warmup=1, repeats=1, calls=1),
         benches=("disc", "bank"),
-        threads=1,
         disc=torch_peer.DiscSettings(batch=4, width=4, depth=18),
         bank_images=20,
         bank_batch=8,
@@ -189,6 +184,14 @@ def test_throughput_flop_count_and_torch_discriminator_parts():
     features = torch_peer.bank_features(encoder, images[:20], 8, torch.device("cpu"))
     assert features.shape == (20, 128)
     np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, rtol=1e-5)
+
+
+def _tiny_torch_rows(torch_peer, images, **kwargs):
+    """The PyTorch peer's rows at test sizes: batch 8, width 4, float32, one thread, one round."""
+    timing = dict(warmup=1, repeats=1, calls=1)
+    return torch_peer.bench_torch(
+        images, batch=8, width=4, dtypes=["float32"], workers=0, timing=timing, threads=1, **kwargs
+    )
 
 
 def test_time_call_reports_median_of_rounds():
@@ -528,15 +531,7 @@ def test_torch_peer_rows():
     from benchmarks.peer import torch_peer
 
     images = np.random.default_rng(0).integers(0, 256, (32, 8, 8, 3), np.uint8)
-    rows = torch_peer.bench_torch(
-        images,
-        batch=8,
-        width=4,
-        dtypes=["float32"],
-        workers=0,
-        timing=dict(warmup=1, repeats=1, calls=1),
-        threads=1,
-    )
+    rows = _tiny_torch_rows(torch_peer, images)
     assert {r["bench"] for r in rows} == {
         "augment_pil_one_process",
         "encoder_step_no_aug",

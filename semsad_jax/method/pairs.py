@@ -199,22 +199,28 @@ def build_pair_views(
     is_nb, neg_partner_idx = indices["is_neighbour_pair"], indices["neg_partner_idx"]
     batch = x.shape[0]
     pos_spec, neg_spec = get_spec(settings.pos_augment), get_spec(settings.neg_augment)
-    plain = is_nb[:, None, None, None] & (not settings.neighbour_augment)
-    ref_pos = jnp.where(plain, to_float(x, dtype), augment_batch(keys[3], x, pos_spec, dtype=dtype))
-    partner_pos = jnp.where(
-        plain, to_float(partners, dtype), augment_batch(keys[4], partners, pos_spec, dtype=dtype)
-    )
-    if settings.variant == "authors":
-        ref_neg = ref_pos
-    else:
-        ref_neg = augment_batch(keys[5], x, neg_spec, dtype=dtype)
-    partner_neg = augment_batch(keys[6], negatives, neg_spec, dtype=dtype)
-    strength_pos = jnp.where(is_nb & (not settings.neighbour_augment), 0, 1).astype(jnp.int32)
-    strength_neg = jnp.full((batch,), 2, jnp.int32)
+    plain = is_nb & (not settings.neighbour_augment)  # positives made of untransformed images
     if settings.matched_views:
-        views = _matched_views(jax.random.fold_in(key, 8), rows, is_nb, settings, pos_spec,
+        views = _matched_views(jax.random.fold_in(key, 8), rows, plain, settings, pos_spec,
                                neg_spec, dtype)  # fmt: skip
         ref_pos, partner_pos, ref_neg, partner_neg, strength_pos, strength_neg = views
+    else:
+        rows_plain = plain[:, None, None, None]
+        ref_pos = jnp.where(
+            rows_plain, to_float(x, dtype), augment_batch(keys[3], x, pos_spec, dtype=dtype)
+        )
+        partner_pos = jnp.where(
+            rows_plain,
+            to_float(partners, dtype),
+            augment_batch(keys[4], partners, pos_spec, dtype=dtype),
+        )
+        if settings.variant == "authors":
+            ref_neg = ref_pos
+        else:
+            ref_neg = augment_batch(keys[5], x, neg_spec, dtype=dtype)
+        partner_neg = augment_batch(keys[6], negatives, neg_spec, dtype=dtype)
+        strength_pos = jnp.where(plain, 0, 1).astype(jnp.int32)
+        strength_neg = jnp.full((batch,), 2, jnp.int32)
 
     # Extension: shifted copies of the image itself as negative partners.
     num_shifted = settings.num_shifted_negatives(batch)
@@ -246,10 +252,11 @@ def build_pair_views(
     }
 
 
-def _matched_views(key, rows, is_nb, settings, pos_spec, neg_spec, dtype):
+def _matched_views(key, rows, plain_pos, settings, pos_spec, neg_spec, dtype):
     """(ref_pos, partner_pos, ref_neg, partner_neg, strength_pos, strength_neg) with matched view
-    strengths (module docstring): round(mu * B) plain rows of each kind, the rest t_pos or t_neg
-    with probability 1/2, both images of a pair through the same preset."""
+    strengths (module docstring): the ``plain_pos`` positives (the neighbour pairs) and as many
+    negatives untransformed, the rest t_pos or t_neg with probability 1/2, both images of a pair
+    through the same preset."""
     x, partners, negatives = rows
     batch = x.shape[0]
     k = jax.random.split(key, 8)
@@ -257,7 +264,6 @@ def _matched_views(key, rows, is_nb, settings, pos_spec, neg_spec, dtype):
     num_plain = settings.num_neighbour_pairs(batch)
     if num_plain:
         plain_neg = plain_neg.at[jax.random.permutation(k[0], batch)[:num_plain]].set(True)
-    plain_pos = is_nb & (not settings.neighbour_augment)
     strong_pos = jax.random.bernoulli(k[1], 0.5, (batch,))
     strong_neg = jax.random.bernoulli(k[2], 0.5, (batch,))
 

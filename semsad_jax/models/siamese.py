@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from semsad_jax.errors import SemsadError
+from semsad_jax.models.conv import check_choice
 from semsad_jax.models.resnet import ACTIVATIONS, ResNet, _linear, canonical_dtype
 
 __all__ = ["ARCHS", "SiameseDiscriminator", "initialise_from_encoder"]
@@ -53,11 +54,7 @@ class SiameseDiscriminator(nnx.Module):
         dtype = canonical_dtype(dtype)
         self.dtype = dtype
         self.activation = activation
-        if activation not in ACTIVATIONS:
-            raise SemsadError(
-                f"Unknown ResNet activation {activation!r}; set discriminator.activation to one "
-                f"of {', '.join(ACTIVATIONS)}."
-            )
+        check_choice("activation", activation, tuple(ACTIVATIONS))
         self.trunk = ResNet(
             depth=depth,
             width=width,
@@ -97,16 +94,8 @@ def initialise_from_encoder(model: nnx.Module, encoder: tuple[Any, dict, dict]) 
     source = nnx.to_pure_dict(nnx.state(nnx.merge(*encoder)))
     state = nnx.state(model.trunk)
     target = nnx.to_pure_dict(state)
-    mismatched = [
-        key
-        for key in target
-        if key not in source
-        or jax.tree.structure(source[key]) != jax.tree.structure(target[key])
-        or any(
-            a.shape != b.shape
-            for a, b in zip(jax.tree.leaves(source[key]), jax.tree.leaves(target[key]))
-        )
-    ]
+    shapes = lambda tree: jax.tree.map(jnp.shape, tree)  # nested dicts of shapes compare as wholes
+    mismatched = [k for k in target if k not in source or shapes(source[k]) != shapes(target[k])]
     if mismatched:
         raise SemsadError(
             f"discriminator.init_from_encoder: the encoder's trunk differs from the "

@@ -125,9 +125,15 @@ def stage_identity(
     return ident
 
 
+def _recorded(recorded: dict, key: str) -> Any:
+    """The value ``recorded`` holds for ``key``: a key added later reads as the value every older
+    stage was trained with (:data:`ADDED_KEYS`), another absent key as ``<not recorded>``."""
+    return recorded.get(key, ADDED_KEYS.get(key, _MISSING))
+
+
 def identity_diff(recorded: dict, wanted: dict) -> list[str]:
     """Keys of ``wanted`` whose recorded value differs, or that the record lacks."""
-    return sorted(k for k in wanted if recorded.get(k, ADDED_KEYS.get(k, _MISSING)) != wanted[k])
+    return sorted(k for k in wanted if _recorded(recorded, k) != wanted[k])
 
 
 def identity_digest(identity: dict) -> str:
@@ -138,8 +144,7 @@ def identity_digest(identity: dict) -> str:
 
 def describe_diff(recorded: dict, wanted: dict, keys: list[str], limit: int = 4) -> str:
     shown = ", ".join(
-        f"{k}={recorded.get(k, ADDED_KEYS.get(k, _MISSING))!r} (config: {wanted.get(k)!r})"
-        for k in keys[:limit]
+        f"{k}={_recorded(recorded, k)!r} (config: {wanted.get(k)!r})" for k in keys[:limit]
     )
     more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
     return shown + more

@@ -106,6 +106,22 @@ def test_metrics_against_sklearn_on_saved_scores(evaluated):
             assert got[key] == pytest.approx(expected[key]), (detector, key)
 
 
+def test_auroc_by_class_against_sklearn_on_saved_scores(evaluated):
+    """Each OOD class's AUROC alone, recomputed from the saved scores and the set's labels."""
+    _, results, scores = evaluated
+    config = helpers.config()
+    ood = load_set(config, config.eval.ood.digits_7_9)
+    assert len(np.unique(ood.labels)) == 3  # digits 7, 8 and 9
+    for detector in DETECTORS:
+        s_in, s_out = scores[f"{detector}/in_distribution"], scores[f"{detector}/digits_7_9"]
+        got = results["auroc_by_class"][detector]["digits_7_9"]
+        assert list(got) == [ood.class_names[c] for c in np.unique(ood.labels)]
+        for c in np.unique(ood.labels):
+            part = s_out[ood.labels == c]
+            both, labels = np.r_[s_in, part], np.r_[np.ones(len(s_in)), np.zeros(len(part))]
+            assert got[ood.class_names[c]] == pytest.approx(roc_auc_score(labels, both))
+
+
 def test_saved_semsad_scores_equal_the_networks_applied_by_hand(evaluated, smoke_detector):
     """scores.npz against the restored encoder and discriminator applied by hand: numpy cosine top-1
     among the recomputed bank features, then s(nearest training image, image) as a plain nnx call."""

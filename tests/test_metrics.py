@@ -7,6 +7,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from semsad_jax.errors import SemsadError
 from semsad_jax.method.knn import pixel_knn_accuracy, weighted_knn_accuracy
 from semsad_jax.method.metrics import (
+    auroc_by_class,
     detection_accuracy,
     ood_metrics,
     roc_curve_points,
@@ -92,6 +93,19 @@ def test_hand_computed_example():
     assert result["auroc"] == pytest.approx(0.755)
     assert ood_metrics(scores_in, scores_out, tpr=1.0)["threshold"] == 1.0
     assert ood_metrics(scores_in, scores_out, tpr=0.5)["threshold"] == 11.0
+
+
+def test_auroc_by_class_known_answer():
+    scores_in = np.array([1.0, 2.0, 3.0, 4.0])
+    scores_out = np.array([0.0, 0.5, 2.5, 5.0, 5.0])
+    labels = np.array([2, 2, 0, 0, 0])
+    # class 0: 2.5 beats 2 of 4 in-scores, 5.0 beats all -> (2 + 0 + 0) / 12; class 2: all below
+    got = auroc_by_class(scores_in, scores_out, labels, ["ship", "x", "truck"])
+    assert list(got) == ["ship", "truck"]
+    assert got["ship"] == pytest.approx(2 / 12) and got["truck"] == 1.0
+    assert list(auroc_by_class(scores_in, scores_out, labels)) == ["0", "2"]
+    with pytest.raises(SemsadError, match="OOD labels"):
+        auroc_by_class(scores_in, scores_out, labels[:3])
 
 
 def test_detection_accuracy_known_answers():

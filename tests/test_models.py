@@ -76,7 +76,8 @@ def _np_act(x: np.ndarray, activation: str) -> np.ndarray:
 
 def _np_resnet(model: ResNet, x: np.ndarray, kind: str, activation: str) -> np.ndarray:
     w = lambda conv: np.asarray(conv.kernel[...], np.float64)
-    y = _np_act(_np_norm(_np_conv(x, w(model.stem_conv), 1), model.stem_norm, kind), activation)
+    stem = _np_conv(x, w(model.stem_conv), model.stem_conv.strides)
+    y = _np_act(_np_norm(stem, model.stem_norm, kind), activation)
     for block in model.blocks:
         stride = block.conv1.strides  # an int, as passed to nnx.Conv
         r = _np_act(_np_norm(_np_conv(y, w(block.conv1), stride), block.norm1, kind), activation)
@@ -93,16 +94,25 @@ def _np_resnet(model: ResNet, x: np.ndarray, kind: str, activation: str) -> np.n
 
 
 @pytest.mark.parametrize(
-    "norm, activation, head, channels",
+    "norm, activation, head, channels, depth, stem_stride",
     [
-        ("batch", "relu", "linear", 3),
-        ("group", "elu", "mlp", 6),
-        ("batch_transductive", "elu", "linear", 6),
+        ("batch", "relu", "linear", 3, 18, 1),
+        ("group", "elu", "mlp", 6, 18, 1),
+        ("batch_transductive", "elu", "linear", 6, 18, 1),
+        (
+            "batch",
+            "relu",
+            "mlp",
+            3,
+            10,
+            2,
+        ),  # the CPU extensions: one block per stage, stride-2 stem
     ],
 )
-def test_forward_matches_numpy_reference(norm, activation, head, channels):
+def test_forward_matches_numpy_reference(norm, activation, head, channels, depth, stem_stride):
     model = ResNet(
-        depth=18,
+        depth=depth,
+        stem_stride=stem_stride,
         width=WIDTH,
         in_channels=channels,
         activation=activation,
@@ -200,6 +210,21 @@ def test_output_and_feature_shapes(depth):
     assert model.blocks[-1].conv2.kernel.shape == (3, 3, 8 * WIDTH, 8 * WIDTH)
     strides = [b.conv1.strides for b in model.blocks if b.has_projection]
     assert strides == [2, 2, 2]  # projections exactly where the stage widens (not stage 1)
+
+
+def test_depth_10_and_the_stride_2_stem():
+    """ResNet-10 has one block per stage; a stride-2 stem keeps every parameter's shape and gives a
+    32 px image the 16 x 16 maps of a 16 px one (what it is for: 32 px at 16 px cost)."""
+    build = lambda **kw: nnx.eval_shape(lambda: ResNet(width=WIDTH, rngs=nnx.Rngs(0), **kw))
+    shapes = lambda m: jax.tree.map(jnp.shape, nnx.to_pure_dict(nnx.state(m)))
+    ten = build(depth=10)
+    assert len(ten.blocks) == 4 and [b.conv1.strides for b in ten.blocks] == [1, 2, 2, 2]
+    strided = build(depth=18, stem_stride=2)
+    assert shapes(strided) == shapes(build(depth=18)) and strided.stem_conv.strides == 2
+    stem_out = lambda m, x: m.stem_conv(x)
+    x32 = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+    assert nnx.eval_shape(stem_out, strided, x32).shape == (2, 16, 16, WIDTH)
+    assert nnx.eval_shape(lambda m, x: m.features(x), strided, x32).shape == (2, 8 * WIDTH)
 
 
 def test_bfloat16_compute_keeps_float32_params_and_output():
@@ -372,6 +397,7 @@ def test_constructors_read_the_default_config():
         {"activation": "gelu"},
         {"dtype": "float16"},
         {"width": 0},
+        {"stem_stride": 4},
     ],
 )
 def test_bad_options_raise_semsad_error(kwargs):

@@ -291,3 +291,15 @@ def test_a_key_added_later_matches_only_the_value_older_stages_were_trained_with
     problem = identity_problem("W holds a discriminator", "discriminator", meta, other)
     assert "shifted_kind='rotate_or_quadrants' (config: 'pixels')" in problem
     assert identity_diff({"seed": 0}, {"seed": 0, "discriminator.mu": 0.5}) == ["discriminator.mu"]
+    # every key added later reads, when absent, as the library default (what older stages ran)
+    from configs import default
+    from semsad_jax.workdir.identity import ADDED_KEYS
+
+    config = default.get_config()
+    for key, value in ADDED_KEYS.items():
+        section, name = key.split(".")
+        assert config[section][name] == value, key
+    assert identity_diff({"seed": 0}, {"seed": 0, "encoder.stem_stride": 1}) == []
+    assert identity_diff({"seed": 0}, {"seed": 0, "encoder.stem_stride": 2}) == [
+        "encoder.stem_stride"
+    ]

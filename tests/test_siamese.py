@@ -70,6 +70,11 @@ def test_init_from_encoder_starts_from_the_encoders_trunk():
     wider = build("encoder", wide, seed=0)
     with pytest.raises(SemsadError, match="depth, width and norm"):
         _fresh_discriminator(c.discriminator, 0, jnp.float32, split_model(wider))
+    strided = c.encoder.copy_and_resolve_references()
+    strided.stem_stride = 2  # same shapes, other maps: the trunk would not compute the encoder
+    with pytest.raises(SemsadError, match="stride-2 stem"):
+        _fresh_discriminator(c.discriminator, 0, jnp.float32,
+                             split_model(build("encoder", strided, seed=0)))  # fmt: skip
     with pytest.raises(SemsadError, match="arch='siamese'"):
         initialise_from_encoder(build("discriminator", smoke.get_config().discriminator, seed=0),
                                 split_model(encoder))  # fmt: skip

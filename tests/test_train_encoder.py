@@ -9,6 +9,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 from helpers import (
     features_by_hand,
     init_state,
@@ -16,6 +17,7 @@ from helpers import (
     load_test_set,
     load_train_set,
     train_encoder,
+    unit_rows,
 )
 
 from configs import smoke
@@ -95,14 +97,26 @@ def test_train_writes_checkpoints_metrics_and_knn(train_set, tmp_path):
     # restorable: the recorded kNN accuracy is the restored encoder's, by a numpy reference (the
     # weighted cosine kNN of semsad_jax.method.knn on features computed by hand)
     encoder = load_encoder(str(tmp_path), config)
-    sims = features_by_hand(encoder, test.images) @ features_by_hand(encoder, train_set.images).T
-    nearest = np.argsort(-sims, axis=1, kind="stable")[:, : config.encoder.knn_k]
-    rows = np.arange(len(test))[:, None]
-    votes = np.zeros((len(test), 3))
-    weights = np.exp(sims[rows, nearest] / config.encoder.knn_temperature)
-    np.add.at(votes, (np.broadcast_to(rows, nearest.shape), train_set.labels[nearest]), weights)
-    expected = np.mean(np.argmax(votes, axis=1) == test.labels)
-    assert summary["knn_accuracy"] == pytest.approx(expected)
+
+    def knn_by_hand(embed) -> float:
+        sims = embed(test.images) @ embed(train_set.images).T
+        nearest = np.argsort(-sims, axis=1, kind="stable")[:, : config.encoder.knn_k]
+        rows = np.arange(len(test))[:, None]
+        votes = np.zeros((len(test), 3))
+        weights = np.exp(sims[rows, nearest] / config.encoder.knn_temperature)
+        np.add.at(votes, (np.broadcast_to(rows, nearest.shape), train_set.labels[nearest]), weights)
+        return np.mean(np.argmax(votes, axis=1) == test.labels)
+
+    def backbone_by_hand(images_u8):  # the pooled features before the head, L2-normalised
+        model = nnx.merge(*encoder)
+        model.eval()
+        return unit_rows(np.asarray(model.features(images_u8.astype(np.float32) / 255.0)))
+
+    assert summary["knn_accuracy"] == pytest.approx(
+        knn_by_hand(lambda x: features_by_hand(encoder, x))
+    )
+    expected = knn_by_hand(backbone_by_hand)
+    assert summary["knn_accuracy_penultimate"] == pytest.approx(expected)
     # a second run reuses the finished stage instead of retraining
     mtime = (stage / "4").stat().st_mtime
     run(config, str(tmp_path), "encoder")

@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
         "epochs": summary.get("epochs"),
         "steps": summary.get("total_steps"),
         "knn_accuracy": summary.get("knn_accuracy"),
+        "knn_accuracy_penultimate": summary.get("knn_accuracy_penultimate"),
         "pixel_knn_accuracy": summary.get("pixel_knn_accuracy"),
         "train_minutes": summary.get("train_minutes"),
         "cpu_minutes_this_call": round((cpu_seconds() - c0) / 60, 2),

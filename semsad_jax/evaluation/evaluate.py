@@ -15,7 +15,8 @@ For the in-distribution test set (``eval.in_distribution`` or ``data.test``) and
 
 Higher = more in-distribution; in-distribution is the POSITIVE class of every metric. Outputs in
 ``WORKDIR/eval/``: results.json (metrics as fractions in [0, 1], per-detector thresholds keeping
-``eval.tpr`` of the in-distribution test images, bn_mode, config, versions), scores.npz (raw scores
+``eval.tpr`` of the in-distribution test images, for OOD sets of several labelled classes the AUROC of
+each class alone (``auroc_by_class``), bn_mode, config, versions), scores.npz (raw scores
 ``DETECTOR/SET`` and neighbour indices ``nn/SET``), results.txt (the printed table) and, with
 ``eval.plots``, hist_semsad.png and roc.png.
 """
@@ -47,7 +48,7 @@ from semsad_jax.evaluation.baselines import (
 )
 from semsad_jax.evaluation.detector import Detector, bn_mode
 from semsad_jax.evaluation.report import IN_NAME, METRICS, results_table, scores_key
-from semsad_jax.method.metrics import ood_metrics, threshold_at_tpr
+from semsad_jax.method.metrics import auroc_by_class, ood_metrics, threshold_at_tpr
 from semsad_jax.method.pairs import pair_settings, sample_pairs
 from semsad_jax.workdir import layout
 from semsad_jax.workdir.layout import Workdir, as_workdir, write_file, write_json
@@ -227,10 +228,13 @@ def evaluate_detector(
     v = config.eval
     tpr = float(v.tpr)
     floors = Floors.fit(detector, v, int(config.seed))
-    scored = {}
+    scored, classes = {}, {}
     for name, spec in [(IN_NAME, in_spec), *oods.items()]:
         log.info("scoring %s: %s", name, spec)
-        scored[name] = score_set(detector, floors, sets.load(spec).images)
+        images = sets.load(spec)
+        scored[name] = score_set(detector, floors, images.images)
+        if name != IN_NAME and images.labels is not None and len(np.unique(images.labels)) > 1:
+            classes[name] = (images.labels, images.class_names)
     results = {
         "in_distribution": in_spec,
         "num_in": len(scored[IN_NAME]["semsad"]),
@@ -242,6 +246,11 @@ def evaluate_detector(
             d: {n: _metrics(scored[IN_NAME][d], scored[n][d], tpr) for n in oods} for d in DETECTORS
         },
         "threshold_95": {d: threshold_at_tpr(scored[IN_NAME][d], tpr) for d in DETECTORS},
+        # per OOD set of several labelled classes: each class's AUROC alone (a diagnostic)
+        "auroc_by_class": {
+            d: {n: auroc_by_class(scored[IN_NAME][d], scored[n][d], *classes[n]) for n in classes}
+            for d in DETECTORS
+        },
         "baseline_features": floors.features,
         "pixels_centre": floors.pixels.mean is not None,
         # False when the discriminator learned from label neighbourhoods (a diagnostic, not SemSAD)

@@ -16,7 +16,13 @@ import numpy as np
 
 from semsad_jax.errors import SemsadError
 
-__all__ = ["detection_accuracy", "ood_metrics", "roc_curve_points", "threshold_at_tpr"]
+__all__ = [
+    "auroc_by_class",
+    "detection_accuracy",
+    "ood_metrics",
+    "roc_curve_points",
+    "threshold_at_tpr",
+]
 
 
 def _scores(values: Any, name: str) -> np.ndarray:
@@ -158,3 +164,21 @@ def ood_metrics(scores_in: Any, scores_out: Any, tpr: float = 0.95) -> dict[str,
         "num_in": int(scores_in.size),
         "num_out": int(scores_out.size),
     }
+
+
+def auroc_by_class(
+    scores_in: Any, scores_out: Any, labels_out: Any, class_names: list[str] | None = None
+) -> dict[str, float]:
+    """AUROC of every in-distribution score against the OOD images of each class alone.
+
+    Which OOD classes a detector confuses with the in-distribution ones (a near-OOD class beside an
+    in-distribution sibling, e.g. trucks beside automobiles, sits near or below 0.5). Keys are
+    ``class_names[label]`` (or the label as text), in label order.
+    """
+    scores_in = _scores(scores_in, "scores_in")
+    scores_out = _scores(scores_out, "scores_out")
+    labels = np.asarray(labels_out).ravel()
+    if labels.shape != scores_out.shape:
+        raise SemsadError(f"{labels.size} OOD labels for {scores_out.size} OOD scores.")
+    name = lambda c: str(class_names[c]) if class_names is not None else str(c)
+    return {name(c): _auroc(scores_in, scores_out[labels == c]) for c in np.unique(labels)}

@@ -35,7 +35,7 @@ __all__ = [
 KINDS = ("encoder", "discriminator")
 # The config keys that fix a network's parameter tree (conv_impl only chooses how it is computed).
 ARCH_KEYS = {
-    "encoder": ("depth", "width", "norm", "head", "out_dim"),
+    "encoder": ("depth", "width", "norm", "head", "out_dim", "stem_stride"),
     "discriminator": ("depth", "width", "activation", "norm", "out_dim", "head", "arch"),
 }
 _SEED_OFFSET = {"encoder": 0, "discriminator": 1}
@@ -57,13 +57,14 @@ def _resnet(section: Any, in_channels: int, activation: str, rngs: nnx.Rngs, dty
         out_dim=section.out_dim,
         dtype=dtype,
         conv_impl=section.conv_impl,
+        stem_stride=getattr(section, "stem_stride", 1),
         rngs=rngs,
     )
 
 
 def make_encoder(section: Any, *, rngs: nnx.Rngs, dtype: Any = jnp.float32) -> ResNet:
-    """Encoder h from its config section (depth, width, norm, head, out_dim, conv_impl); 3 channels,
-    ReLU."""
+    """Encoder h from its config section (depth, width, norm, head, out_dim, conv_impl and
+    stem_stride, absent = 1); 3 channels, ReLU."""
     return _resnet(section, 3, "relu", rngs, dtype)
 
 

@@ -4,6 +4,9 @@ Architecture (He et al. 2016, BasicBlock) as torchvision ``resnet18`` / ``resnet
 stem: a 3x3 stride-1 convolution (no bias) + norm + activation and no max-pool; four stages of
 widths ``w, 2w, 4w, 8w`` with strides ``1, 2, 2, 2``; a 1x1 convolution + norm projection shortcut
 where the shape changes; global average pooling; then the head. Inputs are NHWC.
+Two CPU extensions, off by default: ``depth=10`` (one block per stage) and ``stem_stride=2`` (a 32 px
+image costs what a 16 px one does: the stem reads every pixel, the stages see 16 x 16 maps).
+Neither changes a parameter's shape at a given depth.
 
 Norms (``norm=``):
 
@@ -32,7 +35,7 @@ from flax import nnx
 from semsad_jax.errors import SemsadError
 from semsad_jax.models.conv import CONV_IMPLS, Conv, check_choice
 
-STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+STAGE_BLOCKS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}  # 10: an extension (CPU)
 STAGE_STRIDES = (1, 2, 2, 2)
 ACTIVATIONS = {"relu": jax.nn.relu, "elu": jax.nn.elu}  # ELU with alpha 1.
 NORMS = ("batch", "group", "batch_transductive")
@@ -226,12 +229,18 @@ class ResNet(nnx.Module):
         out_dim: int = 128,
         dtype=jnp.float32,
         conv_impl: str = "auto",
+        stem_stride: int = 1,
         rngs: nnx.Rngs,
     ):
         if depth not in STAGE_BLOCKS:
             raise SemsadError(
                 f"Unsupported ResNet depth {depth!r}; set encoder.depth / discriminator.depth to "
-                "18 or 34."
+                "18 or 34 (or 10, the one-block-per-stage extension)."
+            )
+        if stem_stride not in (1, 2):
+            raise SemsadError(
+                f"Unsupported stem stride {stem_stride!r}; set encoder.stem_stride to 1 (the CIFAR "
+                "stem) or 2."
             )
         check_choice("activation", activation, tuple(ACTIVATIONS))
         check_choice("norm", norm, NORMS)
@@ -247,7 +256,7 @@ class ResNet(nnx.Module):
         self.dtype = dtype
         self.activation = activation
         self.feature_dim = 8 * width
-        self.stem_conv = _conv(in_channels, width, 3, 1, dtype, rngs, conv_impl)
+        self.stem_conv = _conv(in_channels, width, 3, stem_stride, dtype, rngs, conv_impl)
         self.stem_norm = _make_norm(norm, width, dtype, rngs)
         blocks = []
         in_ch = width

@@ -91,7 +91,13 @@ def initialise_from_encoder(model: nnx.Module, encoder: tuple[Any, dict, dict]) 
             "discriminator.init_from_encoder needs discriminator.arch='siamese' (the paper's "
             "6-channel discriminator has no 3-channel trunk to start from)."
         )
-    source = nnx.to_pure_dict(nnx.state(nnx.merge(*encoder)))
+    trained = nnx.merge(*encoder)
+    if trained.stem_conv.strides != model.trunk.stem_conv.strides:
+        raise SemsadError(
+            "discriminator.init_from_encoder: the encoder has a stride-2 stem (encoder.stem_stride)"
+            " and the siamese trunk has not; train the encoder with encoder.stem_stride=1."
+        )
+    source = nnx.to_pure_dict(nnx.state(trained))
     state = nnx.state(model.trunk)
     target = nnx.to_pure_dict(state)
     shapes = lambda tree: jax.tree.map(jnp.shape, tree)  # nested dicts of shapes compare as wholes

@@ -136,8 +136,9 @@ def train_encoder(
         out = {**knn(graphdef, state), **pixel_floor(train, test, section)}
         if "knn_accuracy" in out:
             log.info(
-                "encoder kNN accuracy %.4f (raw-pixel kNN floor %.4f)",
+                "encoder kNN accuracy %.4f on h, %.4f on the backbone (raw-pixel kNN floor %.4f)",
                 out["knn_accuracy"],
+                out["knn_accuracy_penultimate"],
                 out["pixel_knn_accuracy"],
             )
         return out

@@ -45,30 +45,38 @@ def knn_report(
     dtype: Any,
     mesh: Mesh,
 ) -> dict:
-    """{"knn_accuracy"}: weighted kNN (cosine, k = ``section.knn_k``) of test h against train h.
+    """{"knn_accuracy", "knn_accuracy_penultimate"}: weighted kNN (cosine, k = ``section.knn_k``)
+    of the test images against the training images, on h (the head, what SemSAD's neighbours use)
+    and on the pooled backbone features (what the knn / mahalanobis baselines and SimCLR-style
+    evaluations use).
 
     ``section``: the ``encoder`` config section; {} when either set has no labels.
     """
     if not _labelled(train, test):
         return {}
-    feats = lambda images: compute_features(
-        graphdef,
-        state["params"],
-        state["batch_stats"],
-        images,
-        mesh=mesh,
-        batch_size=batch_size,
-        dtype=dtype,
-    )
-    acc = weighted_knn_accuracy(
-        feats(train.images),
-        train.labels,
-        feats(test.images),
-        test.labels,
-        k=int(section.knn_k),
-        temperature=float(section.knn_temperature),
-    )
-    return {"knn_accuracy": float(acc)}
+    out = {}
+    for key, output in (("knn_accuracy", "head"), ("knn_accuracy_penultimate", "penultimate")):
+        feats = lambda images, output=output: compute_features(
+            graphdef,
+            state["params"],
+            state["batch_stats"],
+            images,
+            mesh=mesh,
+            batch_size=batch_size,
+            dtype=dtype,
+            output=output,
+        )
+        out[key] = float(
+            weighted_knn_accuracy(
+                feats(train.images),
+                train.labels,
+                feats(test.images),
+                test.labels,
+                k=int(section.knn_k),
+                temperature=float(section.knn_temperature),
+            )
+        )
+    return out
 
 
 def pixel_floor(train: ImageSet, test: ImageSet | None, section: Any) -> dict:

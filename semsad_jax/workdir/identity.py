@@ -72,6 +72,7 @@ ADDED_KEYS = {
     "discriminator.arch": "pair",
     "discriminator.init_from_encoder": False,
     "discriminator.trunk_lr_scale": 1.0,
+    "encoder.stem_stride": 1,
 }
 
 

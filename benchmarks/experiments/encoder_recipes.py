@@ -5,13 +5,16 @@
         --set encoder.optimizer=sgd --set encoder.learning_rate=0.06 \\
         --set encoder.schedule=cosine --set encoder.weight_decay=5e-4
     python -m benchmarks encoder_recipes --out=runs/enc/all --steps=450 --train-limit=0
+    python -m benchmarks encoder_recipes --out=runs/enc2/d10_all_900 --steps=900 --train-limit=0 \
+        --set encoder.depth=10 --set encoder.augment=encoder_mild --set encoder.temperature=0.1
 
 Trains only the encoder of ``--protocol`` (default the class split) on its VALIDATION split
 (:func:`cifar10_quality.protocols`: held-out CIFAR-10 training images, never the test split) with the
 budget's sizes and recipe plus ``--set`` overrides, for ``--steps`` optimiser steps (the epochs
 follow from the training-set size: equal steps = equal compute whatever the data), and reports
-the kNN accuracy of its features on the held-out images of the protocol's classes (k = 20,
-cosine, temperature 0.1; labels only for this measurement), the raw-pixel kNN floor, the wall
+the kNN accuracy of its features (h, and the backbone's: ``knn_accuracy_penultimate``) on the
+held-out images of the protocol's classes (k = 20, cosine, temperature 0.1; labels only for this
+measurement), the raw-pixel kNN floor, the wall
 minutes and the process's CPU minutes (the machine is shared: CPU time is the steadier measure of
 compute). Writes ``OUT/result.json``; a rerun reuses the finished encoder.
 """

@@ -17,3 +17,6 @@ $E --steps=5850 --out=runs/enc2/d10_all_30min $D --set encoder.knn_every_epochs=
 $E --steps=5850 --out=runs/enc2/d10_all_30min_cos $D --set encoder.schedule=cosine --set encoder.knn_every_epochs=15
 # the shipped config, as a new user runs it (test split of the six animal classes)
 python main.py --config=configs/class_split.py:animals --workdir=runs/enc2/animals_shipped --mode=encoder
+# second seed of the round-1 recipe and of the equal-compute winner
+$E --seed=1 --steps=450 --out=runs/enc2/seed1_adam
+$E --seed=1 --steps=900 --out=runs/enc2/seed1_d10_all_900 $D

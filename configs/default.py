@@ -41,9 +41,8 @@ def get_config() -> ml_collections.ConfigDict:
     # ---- encoder h (contrastive) -------------------------------------------------------------
     c.encoder = e = ml_collections.ConfigDict()
     # architecture
-    e.depth = (
-        18  # 18 or 34 (CIFAR ResNet: 3x3 stem, stride 1, no max-pool); 10 = one block per stage.
-    )
+    # 18 or 34 (CIFAR ResNet: 3x3 stem, stride 1, no max-pool); 10 = one block per stage (an extension).
+    e.depth = 18
     # 1 = the CIFAR stem; 2 (an extension for CPUs): a stride-2 stem, so 32 px images cost what
     # 16 px ones do (the stages see 16 x 16 maps).
     e.stem_stride = 1

@@ -35,7 +35,7 @@ __all__ = [
 KINDS = ("encoder", "discriminator")
 # The config keys that fix a network's parameter tree (conv_impl only chooses how it is computed).
 ARCH_KEYS = {
-    "encoder": ("depth", "width", "norm", "head", "out_dim", "stem_stride"),
+    "encoder": ("depth", "width", "norm", "head", "out_dim"),
     "discriminator": ("depth", "width", "activation", "norm", "out_dim", "head", "arch"),
 }
 _SEED_OFFSET = {"encoder": 0, "discriminator": 1}

@@ -30,6 +30,7 @@ from semsad_jax.evaluation.evaluate import (
     parse_ood,
     score_set,
 )
+from semsad_jax.method.features import map_batched
 from semsad_jax.models import make_discriminator, split_model
 from semsad_jax.run import run
 from semsad_jax.workdir import layout
@@ -297,6 +298,28 @@ def test_eval_baselines_match_references(evaluated, smoke_detector):
         train / np.linalg.norm(train, axis=1, keepdims=True)
     ).T
     np.testing.assert_allclose(scores["pixels_knn/in_distribution"], cos.max(axis=1), atol=1e-5)
+
+
+def test_several_feature_outputs_from_one_pass(smoke_detector):
+    det = smoke_detector
+    # map_batched with a tuple-valued fn: padded batches of 4, padding rows dropped from each leaf
+    rows = np.arange(14.0, dtype=np.float32).reshape(7, 2)
+    doubled, sums = map_batched(lambda x: (2 * x, x.sum(1)), (rows,), mesh=det.mesh, batch_size=4)
+    np.testing.assert_array_equal(doubled, 2 * rows)
+    np.testing.assert_array_equal(sums, rows.sum(1))
+    # (h, backbone) in one call equal the two single calls; h is what the bank holds
+    images = det.bank.images[:7]
+    head, pooled = det.features(images, output=("head", "penultimate"))
+    np.testing.assert_allclose(head, det.features(images), atol=1e-6)
+    np.testing.assert_allclose(head, det.bank.features[:7], atol=1e-5)
+    np.testing.assert_allclose(pooled, det.features(images, output="penultimate"), atol=1e-6)
+    assert pooled.shape[1] != head.shape[1] and head.dtype == pooled.dtype == np.float32
+    # the precomputed h gives the same SemSAD scores as letting the detector compute it
+    np.testing.assert_allclose(
+        det.score_with_neighbours(images, features=head)[0], det.score(images), atol=1e-6
+    )
+    with pytest.raises(SemsadError, match="logits"):
+        det.features(images, output=("head", "logits"))
 
 
 def test_floors_on_head_features_and_centred_pixels(smoke_detector):

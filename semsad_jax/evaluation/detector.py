@@ -160,11 +160,14 @@ class Detector:
             raise SemsadError("no images given; pass at least one image.")
         return images
 
-    def features(self, images: Any, *, resize: bool = False, output: str = "head") -> np.ndarray:
+    def features(
+        self, images: Any, *, resize: bool = False, output: str | tuple[str, ...] = "head"
+    ) -> Any:
         """L2-normalised encoder features (inference mode): uint8 images -> float32 [N, D].
 
         ``output``: "head" (h, what SemSAD's neighbour search uses) or "penultimate" (the pooled
-        backbone features before the head, what the knn / mahalanobis baselines use by default).
+        backbone features before the head, what the knn / mahalanobis baselines use by default),
+        or a tuple of them (a tuple of arrays, from one forward pass).
         """
         images = self.check_images(images, resize=resize)
         graphdef, params, stats = self.encoder
@@ -212,15 +215,21 @@ class Detector:
         return np.concatenate(out).astype(np.float32)
 
     def score_with_neighbours(
-        self, images: Any, *, k: int = 1, resize: bool = False
+        self,
+        images: Any,
+        *,
+        k: int = 1,
+        resize: bool = False,
+        features: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, Neighbours]:
         """(semsad scores f32 [N], h features f32 [N, D], top-``k`` neighbours) of the images.
 
         The score is s(r, x) with r the nearest training image by h (the paper), or, with
         ``eval.score_neighbours = m > 1`` (an extension), the mean of s(r_j, x) over the m nearest.
+        ``features``: the images' h when already computed (``self.features(images)``), or None.
         """
         images = self.check_images(images, resize=resize)
-        feats = self.features(images)
+        feats = self.features(images) if features is None else features
         m = int(self.config.eval.get("score_neighbours", 1))
         nn = self.nearest_features(feats, max(1, int(k), m))
         refs = self.bank.images[nn.indices[:, :m].reshape(-1)]

@@ -154,8 +154,11 @@ class Floors:
 
 def score_set(detector: Detector, floors: Floors, images: np.ndarray) -> dict:
     """All detectors' scores of one set: {DETECTOR: f32 [N] for DETECTORS, "nn": i32 [N]}."""
-    semsad, head, nn = detector.score_with_neighbours(images)
-    feats = head if floors.features == "head" else detector.features(images, output=floors.features)
+    # h (the neighbours) and the baselines' features (floors.features) from one forward pass
+    outputs = ("head",) if floors.features == "head" else ("head", floors.features)
+    computed = detector.features(images, output=outputs)
+    semsad, _, nn = detector.score_with_neighbours(images, features=computed[0])
+    feats = computed[-1]
     mesh, k = detector.mesh, floors.knn_k
     return {
         "semsad": semsad,

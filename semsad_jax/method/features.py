@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -34,16 +35,17 @@ def round_batch(batch_size: int, mesh: Mesh) -> int:
 
 
 def map_batched(
-    fn: Callable[[jax.Array], jax.Array],
+    fn: Callable[..., Any],
     arrays: tuple[np.ndarray, ...],
     *,
     mesh: Mesh,
     batch_size: int,
-) -> np.ndarray:
+) -> Any:
     """Applies a jitted ``fn(*batch) -> [B, ...]`` over the leading axis of ``arrays``.
 
     Each batch is padded (by repeating its last row) to the fixed ``batch_size`` so ``fn`` compiles
-    once, sharded over ``'data'``; padding rows are dropped from the output. Returns numpy [N, ...].
+    once, sharded over ``'data'``; padding rows are dropped from the output. Returns numpy [N, ...],
+    or, when ``fn`` returns a pytree of arrays (e.g. a tuple), the same pytree of numpy [N, ...].
     """
     n = len(arrays[0])
     batch_size = round_batch(min(batch_size, max(n, 1)), mesh)
@@ -56,25 +58,30 @@ def map_batched(
                 pad = np.repeat(chunk[-1:], batch_size - (stop - start), axis=0)
                 chunk = np.concatenate([chunk, pad])
             batch.append(chunk)
-        out = fn(*shard_batch(tuple(batch), mesh))
-        outputs.append(to_host(out)[: stop - start])
+        out = to_host(fn(*shard_batch(tuple(batch), mesh)))
+        outputs.append(jax.tree.map(lambda leaf, n=stop - start: leaf[:n], out))
         for a in arrays:  # a memory-mapped set read chunk by chunk does not stay resident
             release_pages(a)
-    return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
+    if not outputs:
+        return np.zeros((0,), np.float32)
+    return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
 
 
 OUTPUTS = ("head", "penultimate")
 
 
-@partial(jax.jit, static_argnames=("graphdef", "normalize", "dtype", "output"))
-def _embed(graphdef, params, batch_stats, images, normalize: bool, dtype, output: str):
+@partial(jax.jit, static_argnames=("graphdef", "normalize", "dtype", "outputs"))
+def _embed(graphdef, params, batch_stats, images, normalize: bool, dtype, outputs: tuple[str, ...]):
     model = nnx.merge(graphdef, params, batch_stats)
     model.eval()
-    x = to_float(images, dtype)
-    z = (model(x) if output == "head" else model.features(x)).astype(jnp.float32)
-    if normalize:
-        z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
-    return z
+    pooled = model.features(to_float(images, dtype))  # one forward pass for every output
+    out = []
+    for output in outputs:
+        z = (model.project(pooled) if output == "head" else pooled).astype(jnp.float32)
+        if normalize:
+            z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+        out.append(z)
+    return tuple(out)
 
 
 def compute_features(
@@ -87,18 +94,25 @@ def compute_features(
     batch_size: int = 1024,
     normalize: bool = True,
     dtype: jnp.dtype = jnp.float32,
-    output: str = "head",
-) -> np.ndarray:
+    output: str | tuple[str, ...] = "head",
+) -> Any:
     """Embeds un-augmented images with the model in inference mode.
 
     Args:
       images: uint8 [N, H, W, 3].
       output: "head" (the model's output, h for the encoder) or "penultimate" (the pooled backbone
-        features before the head, ``model.features``).
+        features before the head, ``model.features``), or a tuple of them: every one from the same
+        forward pass.
     Returns:
-      float32 [N, D], L2-normalised rows when ``normalize``.
+      float32 [N, D], L2-normalised rows when ``normalize``; a tuple of them for a tuple ``output``.
     """
-    if output not in OUTPUTS:
-        raise SemsadError(f"unknown features {output!r}; use one of {', '.join(OUTPUTS)}.")
-    fn = lambda x: _embed(graphdef, params, batch_stats, x, normalize, dtype, output)
-    return map_batched(fn, (images,), mesh=mesh, batch_size=batch_size).astype(np.float32)
+    outputs = (output,) if isinstance(output, str) else tuple(output)
+    for name in outputs:
+        if name not in OUTPUTS:
+            raise SemsadError(f"unknown features {name!r}; use one of {', '.join(OUTPUTS)}.")
+    fn = lambda x: _embed(graphdef, params, batch_stats, x, normalize, dtype, outputs)
+    out = map_batched(fn, (images,), mesh=mesh, batch_size=batch_size)
+    if len(images) == 0:  # map_batched has no batch to take the structure from
+        out = tuple(np.zeros((0,), np.float32) for _ in outputs)
+    out = tuple(np.asarray(z, np.float32) for z in out)
+    return out[0] if isinstance(output, str) else out

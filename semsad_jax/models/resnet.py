@@ -292,13 +292,17 @@ class ResNet(nnx.Module):
             y = block(y)
         return jnp.mean(y.astype(jnp.float32), axis=(1, 2))
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def project(self, pooled: jax.Array) -> jax.Array:
+        """The head on pooled features: ``model(x) == model.project(model.features(x))``."""
         if not self.has_head:
-            return self.features(x)
-        y = self.features(x).astype(self.dtype)
+            return pooled
+        y = pooled.astype(self.dtype)
         if self.has_hidden:
             y = ACTIVATIONS[self.activation](self.head_hidden(y))
         return self.head(y).astype(jnp.float32)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.project(self.features(x))
 
 
 def count_params(model: nnx.Module) -> int:

@@ -54,23 +54,24 @@ def knn_report(
     """
     if not _labelled(train, test):
         return {}
+    feats = lambda images: compute_features(  # (h, backbone) from one forward pass
+        graphdef,
+        state["params"],
+        state["batch_stats"],
+        images,
+        mesh=mesh,
+        batch_size=batch_size,
+        dtype=dtype,
+        output=("head", "penultimate"),
+    )
+    train_feats, test_feats = feats(train.images), feats(test.images)
     out = {}
-    for key, output in (("knn_accuracy", "head"), ("knn_accuracy_penultimate", "penultimate")):
-        feats = lambda images, output=output: compute_features(
-            graphdef,
-            state["params"],
-            state["batch_stats"],
-            images,
-            mesh=mesh,
-            batch_size=batch_size,
-            dtype=dtype,
-            output=output,
-        )
+    for i, key in enumerate(("knn_accuracy", "knn_accuracy_penultimate")):
         out[key] = float(
             weighted_knn_accuracy(
-                feats(train.images),
+                train_feats[i],
                 train.labels,
-                feats(test.images),
+                test_feats[i],
                 test.labels,
                 k=int(section.knn_k),
                 temperature=float(section.knn_temperature),

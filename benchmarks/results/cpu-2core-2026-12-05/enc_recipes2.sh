@@ -20,3 +20,5 @@ python main.py --config=configs/class_split.py:animals --workdir=runs/enc2/anima
 # second seed of the round-1 recipe and of the equal-compute winner
 $E --seed=1 --steps=450 --out=runs/enc2/seed1_adam
 $E --seed=1 --steps=900 --out=runs/enc2/seed1_d10_all_900 $D
+# second seed of the 30-minute budget (a later session, the same day)
+$E --seed=1 --steps=5850 --out=runs/enc2/seed1_d10_all_30min $D --set encoder.knn_every_epochs=15

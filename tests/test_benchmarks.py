@@ -447,7 +447,7 @@ def test_encoder_recipes_trains_only_the_encoder_on_validation_images(tmp_path, 
     assert json.loads((out / "result.json").read_text())["epochs"] == 4
 
 
-def _fake_quality_run(root, steps, aurocs, knn=0.5):
+def _fake_quality_run(root, steps, aurocs, knn=0.5, split="validation"):
     """A cifar10_quality output folder with one class-split run: results.json and stage.jsons."""
     records = [
         {
@@ -459,10 +459,10 @@ def _fake_quality_run(root, steps, aurocs, knn=0.5):
         for d, a in aurocs.items()
         for ood in ("last_five", "far_noise")
     ]
-    result = {"split": "validation", "budget": {"enc_batch": 256}, "records": records}
+    result = {"split": split, "budget": {"enc_batch": 256}, "records": records}
     (root / "results.json").parent.mkdir(parents=True)
     (root / "results.json").write_text(json.dumps(result))
-    work = root / "work" / "validation" / "class_split" / "seed0" / "running_stats"
+    work = root / "work" / split / "class_split" / "seed0" / "running_stats"
     for stage, meta in (
         ("encoder", {"total_steps": steps, "epochs": steps // 15, "train_minutes": steps / 100,
                      "knn_accuracy": knn, "pixel_knn_accuracy": 0.5}),
@@ -499,7 +499,15 @@ def test_scaling_curve_fits_log_compute_and_solves_the_crossings(tmp_path, capsy
     flat = [_fake_quality_run(tmp_path / f"f{i}", s, {"semsad": 0.5, "knn": 0.4 + 0.01 * i})
             for i, s in enumerate((100, 200))]  # fmt: skip
     out = scaling_curve.main(["--runs", *flat, "--out", str(tmp_path / "flat")])
-    assert out["crossings"] == {"knn": None}
+    assert out["crossings"] == {"knn": None} and out["split"] == "validation"
+    # the split is read from each run (its workdirs live under it); runs of two splits are refused
+    report = [_fake_quality_run(tmp_path / f"rep{s}", s, {"semsad": 0.5}, split="report")
+              for s in (100, 400)]  # fmt: skip
+    assert (
+        scaling_curve.main(["--runs", *report, "--out", str(tmp_path / "r")])["split"] == "report"
+    )
+    with pytest.raises(SystemExit, match="mix the report and validation"):
+        scaling_curve.main(["--runs", report[0], *flat, "--out", str(tmp_path / "mixed")])
 
 
 def test_torch_reference_matches_ours():

@@ -4,7 +4,8 @@
         runs/scale_e60 runs/scale_e120 --protocol=class_split --out=benchmarks/results/DATE/scaling
 
 Each ``--runs`` entry is a ``cifar10_quality`` output folder (its ``results.json`` and its workdirs)
-of one encoder budget; all must share the protocol, the seed(s) and the discriminator. Compute is
+of one encoder budget; all must share the protocol, the split (refused otherwise), the seed(s)
+and the discriminator. Compute is
 the encoder's training views (steps x batch x 2): the network, the image size and the batch are the
 same in every run, so views are proportional to FLOPs (``--gflop-per-view``, default the width-16
 16 px ResNet-18 training step's 20.65 GFLOP per 512 views from ``throughput --preset=cpu``) and
@@ -55,6 +56,7 @@ def read_run(path: str, protocol: str) -> dict:
     batch = result["budget"]["enc_batch"]
     return {
         "run": path,
+        "split": split,
         "encoder_steps": encoder["total_steps"],
         "encoder_epochs": encoder["epochs"],
         "views": 2 * batch * encoder["total_steps"],
@@ -159,14 +161,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", required=True, help="OUT.json, OUT.md and OUT.png are written")
     args = p.parse_args(argv)
     points = sorted((read_run(r, args.protocol) for r in args.runs), key=lambda q: q["views"])
+    splits = sorted({q["split"] for q in points})
+    if len(splits) > 1:
+        raise SystemExit(f"--runs mix the {' and '.join(splits)} splits; one curve per split")
     fits = fit(points)
     text = markdown(points, fits, args.gflop_per_view)
     print(text)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    plot(points, fits, args.out + ".png", f"{args.protocol}, validation")
+    plot(points, fits, args.out + ".png", f"{args.protocol}, {splits[0]}")
     with open(args.out + ".md", "w") as f:
         f.write(text + "\n")
-    result = {"protocol": args.protocol, "points": points, **fits}
+    result = {"protocol": args.protocol, "split": splits[0], "points": points, **fits}
     write_json(args.out + ".json", result)
     return result
 

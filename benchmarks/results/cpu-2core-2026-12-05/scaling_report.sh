@@ -14,3 +14,7 @@ date
 python -m benchmarks scaling_curve --runs runs/report_scale_e7 runs/report_scale_e15 \
   runs/report_e30_seed0 runs/report_scale_e60 runs/report_scale_e120 --protocol=class_split \
   --out=benchmarks/results/cpu-2core-2026-12-05/scaling_report_class_split
+# discriminator budgets 4 and 16 epochs (8 = the recipe) at the 120-epoch encoder (scaling/report_e120_d*)
+for d in 4 16; do
+  $B --out=runs/report_scale_e120_d$d --encoders-from=runs/report_scale_e120/work --set encoder.epochs=120 --set discriminator.epochs=$d 2>&1 | grep -v Warn | grep "class_split |" | head -4
+done

@@ -99,14 +99,8 @@ def _np_resnet(model: ResNet, x: np.ndarray, kind: str, activation: str) -> np.n
         ("batch", "relu", "linear", 3, 18, 1),
         ("group", "elu", "mlp", 6, 18, 1),
         ("batch_transductive", "elu", "linear", 6, 18, 1),
-        (
-            "batch",
-            "relu",
-            "mlp",
-            3,
-            10,
-            2,
-        ),  # the CPU extensions: one block per stage, stride-2 stem
+        # the CPU extensions: one block per stage, stride-2 stem
+        ("batch", "relu", "mlp", 3, 10, 2),
     ],
 )
 def test_forward_matches_numpy_reference(norm, activation, head, channels, depth, stem_stride):

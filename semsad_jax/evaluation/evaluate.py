@@ -234,10 +234,11 @@ def evaluate_detector(
     scored, classes = {}, {}
     for name, spec in [(IN_NAME, in_spec), *oods.items()]:
         log.info("scoring %s: %s", name, spec)
-        images = sets.load(spec)
-        scored[name] = score_set(detector, floors, images.images)
-        if name != IN_NAME and images.labels is not None and len(np.unique(images.labels)) > 1:
-            classes[name] = (images.labels, images.class_names)
+        image_set = sets.load(spec)
+        scored[name] = score_set(detector, floors, image_set.images)
+        labels = image_set.labels
+        if name != IN_NAME and labels is not None and len(np.unique(labels)) > 1:
+            classes[name] = (labels, image_set.class_names)
     results = {
         "in_distribution": in_spec,
         "num_in": len(scored[IN_NAME]["semsad"]),

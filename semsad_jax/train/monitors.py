@@ -64,14 +64,14 @@ def knn_report(
         dtype=dtype,
         output=("head", "penultimate"),
     )
-    train_feats, test_feats = feats(train.images), feats(test.images)
+    keys = ("knn_accuracy", "knn_accuracy_penultimate")
     out = {}
-    for i, key in enumerate(("knn_accuracy", "knn_accuracy_penultimate")):
+    for key, train_feats, test_feats in zip(keys, feats(train.images), feats(test.images)):
         out[key] = float(
             weighted_knn_accuracy(
-                train_feats[i],
+                train_feats,
                 train.labels,
-                test_feats[i],
+                test_feats,
                 test.labels,
                 k=int(section.knn_k),
                 temperature=float(section.knn_temperature),

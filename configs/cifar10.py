@@ -9,7 +9,7 @@ batch 128, AMSGrad 5e-5, 701 epochs. OOD = the first 10k test images of each OOD
 For bfloat16 on GPU/TPU add --config.dtype=bfloat16.
 """
 
-from configs import default, far_ood
+from semsad_jax.configs import default, far_ood
 
 
 def get_config():

@@ -5,7 +5,7 @@ python main.py --config=configs/cifar100.py --workdir=runs/c100 --mode=discrimin
 python main.py --config=configs/cifar100.py --workdir=runs/c100 --mode=eval
 """
 
-from configs import cifar10
+from semsad_jax.configs import cifar10
 
 
 def get_config():

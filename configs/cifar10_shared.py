@@ -1,7 +1,7 @@
 """CIFAR-10 from the shared JPEG archive (no download), CPU-sized by default.
 
-The archive path is ../shared/data/cifar10-jpeg.tar.gz next to the repository (override with
---config.data.train=archive:PATH!train). The default is sized for a 2-core CPU: 16x16 images, width-16
+The archive path is ../shared/data/cifar10-jpeg.tar.gz next to the repository, or
+$SEMSAD_CIFAR10_ARCHIVE (or override --config.data.train=archive:PATH!train). The default is sized for a 2-core CPU: 16x16 images, width-16
 networks, a 10k-image training subset. For the paper's sizes on a GPU, use
 --config.data.image_size=32 --config.encoder.width=64 ... or configs/cifar10.py.
 
@@ -19,9 +19,11 @@ Class split (first five classes in, last five out):
 
 import os
 
-from configs import default, far_ood
+from semsad_jax.configs import default, far_ood
 
-ARCHIVE = os.path.normpath(
+# ../shared/data/cifar10-jpeg.tar.gz beside a checkout; $SEMSAD_CIFAR10_ARCHIVE elsewhere (an
+# installed package: its configs live in site-packages).
+ARCHIVE = os.environ.get("SEMSAD_CIFAR10_ARCHIVE") or os.path.normpath(
     os.path.join(
         os.path.dirname(os.path.abspath(__file__)),
         "..",

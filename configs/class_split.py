@@ -14,8 +14,8 @@ names the split (default ``first5``):
 CPU-sized like configs/cifar10_shared.py; see docs/protocols.md.
 """
 
-from configs import cifar10_shared, far_ood
-from configs.oneclass import CLASSES, class_name
+from semsad_jax.configs import cifar10_shared, far_ood
+from semsad_jax.configs.oneclass import CLASSES, class_name
 
 SPLITS = {
     "first5": CLASSES[:5],

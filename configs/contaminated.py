@@ -11,7 +11,7 @@ of it. The OOD set is the TEST images of the last five classes, so no contaminat
 Compare the two runs' results.txt (or --mode=report over seeds of each); see docs/protocols.md.
 """
 
-from configs import cifar10_shared
+from semsad_jax.configs import cifar10_shared
 
 
 def get_config(arg: str = "0.05"):

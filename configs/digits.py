@@ -8,7 +8,7 @@ In-distribution = digits 0-4, OOD = digits 5-9 (the class-split protocol), so th
 if small, novelty-detection task.
 """
 
-from configs import default, far_ood
+from semsad_jax.configs import default, far_ood
 
 
 def get_config():

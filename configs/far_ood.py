@@ -7,7 +7,7 @@ the far-OOD case of the issue that found the discriminator's shortcut). A good d
 them far below the in-distribution test images; the paper's headline case is of this kind (CIFAR-10
 against SVHN).
 
-    from configs import far_ood
+    from semsad_jax.configs import far_ood
     far_ood.add(config)                 # eval.ood.far_noise = "synthetic:noise?limit=1000", ...
 
 Validation and report (benchmarks/cifar10_quality.py ``--split``): ``specs(limit, part="holdout")``

@@ -10,7 +10,7 @@ of the other nine classes (the same name for every class, so ``--mode=report`` a
 classes). CPU-sized like configs/cifar10_shared.py; see docs/protocols.md.
 """
 
-from configs import cifar10_shared, far_ood
+from semsad_jax.configs import cifar10_shared, far_ood
 
 CLASSES = (
     "airplane",

@@ -1,6 +1,6 @@
 """Tiny config for tests: 8x8 images, width-4 ResNets, a couple of steps. Not for results."""
 
-from configs import default
+from semsad_jax.configs import default
 
 
 def get_config():

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from configs import smoke
 from semsad_jax import parallel
+from semsad_jax.configs import smoke
 from semsad_jax.data import DataSets
 from semsad_jax.models import build
 from semsad_jax.train import discriminator as discriminator_stage

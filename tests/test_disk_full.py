@@ -21,7 +21,7 @@ import pytest
 
 pytest.importorskip("ml_collections")  # configs/ and main.py need it (not on the GPU image)
 
-from configs import smoke
+from semsad_jax.configs import smoke
 from semsad_jax.errors import DiskFull, is_disk_full
 from semsad_jax.run import run
 from semsad_jax.train.logs import MetricsWriter

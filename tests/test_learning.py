@@ -10,8 +10,8 @@ import pytest
 from helpers import load_set, load_test_set, load_train_set, train_discriminator, train_encoder
 from sklearn.metrics import roc_auc_score
 
-from configs import smoke
 from semsad_jax import parallel
+from semsad_jax.configs import smoke
 from semsad_jax.evaluation.detector import Detector
 
 pytestmark = pytest.mark.slow

@@ -20,8 +20,8 @@ from helpers import (
     train_encoder,
 )
 
-from configs import smoke
 from semsad_jax import parallel
+from semsad_jax.configs import smoke
 from semsad_jax.errors import SemsadError
 from semsad_jax.train import discriminator as disc_stage
 from semsad_jax.train import encoder as encoder_stage

@@ -24,7 +24,7 @@ import pytest
 
 pytest.importorskip("ml_collections")  # configs/ and main.py need it (not on the GPU image)
 
-from configs import smoke
+from semsad_jax.configs import smoke
 from semsad_jax.errors import SemsadError
 from semsad_jax.run import run
 from semsad_jax.train import stage as stage_runner
@@ -292,7 +292,7 @@ def test_a_key_added_later_matches_only_the_value_older_stages_were_trained_with
     assert "shifted_kind='rotate_or_quadrants' (config: 'pixels')" in problem
     assert identity_diff({"seed": 0}, {"seed": 0, "discriminator.mu": 0.5}) == ["discriminator.mu"]
     # every key added later reads, when absent, as the library default (what older stages ran)
-    from configs import default
+    from semsad_jax.configs import default
     from semsad_jax.workdir.identity import ADDED_KEYS
 
     config = default.get_config()

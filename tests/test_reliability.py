@@ -29,7 +29,7 @@ pytest.importorskip("ml_collections")  # configs/ and main.py need it (not on th
 
 from helpers import load_set, load_train_set, train_encoder
 
-from configs import smoke
+from semsad_jax.configs import smoke
 from semsad_jax.data import load_images
 from semsad_jax.errors import SemsadError
 from semsad_jax.run import run

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from helpers import copy_of, read_json, read_text
 
-from configs import class_split, contaminated, far_ood, oneclass, smoke
+from semsad_jax.configs import class_split, contaminated, far_ood, oneclass, smoke
 from semsad_jax.data.specs import parse_spec
 from semsad_jax.errors import SemsadError
 from semsad_jax.evaluation.report import majority_vote, run_report

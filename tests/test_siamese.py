@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 from helpers import load_discriminator, load_encoder
 
-from configs import smoke
+from semsad_jax.configs import smoke
 from semsad_jax.errors import SemsadError
 from semsad_jax.models import build, split_model
 from semsad_jax.models.siamese import SiameseDiscriminator, initialise_from_encoder

@@ -29,8 +29,8 @@ from helpers import (
 )
 from sklearn.metrics import roc_auc_score
 
-from configs import smoke
 from semsad_jax import parallel
+from semsad_jax.configs import smoke
 from semsad_jax.errors import SemsadError
 from semsad_jax.method.pairs import sample_pairs
 from semsad_jax.method.scoring import discriminator_scores

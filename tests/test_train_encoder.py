@@ -20,8 +20,8 @@ from helpers import (
     unit_rows,
 )
 
-from configs import smoke
 from semsad_jax import parallel
+from semsad_jax.configs import smoke
 from semsad_jax.errors import SemsadError
 from semsad_jax.models import build, split_model
 from semsad_jax.run import run

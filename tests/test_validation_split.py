@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from configs import far_ood
+from semsad_jax.configs import far_ood
 from semsad_jax.data import load_images
 from semsad_jax.data.specs import HOLDOUT_SEED, holdout_mask, parse_spec, select_indices
 from semsad_jax.errors import SemsadError

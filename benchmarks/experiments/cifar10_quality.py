@@ -54,8 +54,8 @@ from typing import Any
 
 from benchmarks.experiments.quality_table import aggregate, markdown_report
 from benchmarks.timing import machine_info, write_json
-from configs.cifar10_shared import ARCHIVE
-from configs.oneclass import CLASSES
+from semsad_jax.configs.cifar10_shared import ARCHIVE
+from semsad_jax.configs.oneclass import CLASSES
 from semsad_jax.run import run
 
 FIRST_FIVE, LAST_FIVE = CLASSES[:5], CLASSES[5:]  # the class split (configs/cifar10_shared.py)
@@ -188,7 +188,7 @@ def _spec(
 
 
 def _far(budget: Budget, split: str = "report") -> dict[str, str]:
-    from configs import far_ood
+    from semsad_jax.configs import far_ood
 
     part = "holdout" if split == "validation" else "fit"
     return far_ood.specs(budget.far_limit, part=part) if budget.far_limit else {}
@@ -260,7 +260,7 @@ def apply_overrides(config, overrides) -> None:
 
 def make_config(budget: Budget, protocol: dict, seed: int, norm: str, extra=()):
     """The full semsad-jax config of one run (default config + the budget's sizes and recipe)."""
-    from configs import default
+    from semsad_jax.configs import default
 
     c = default.get_config()
     c.seed, c.dtype, c.progress = seed, budget.dtype, False

@@ -29,7 +29,7 @@ import time
 
 from benchmarks.experiments import cifar10_quality as quality
 from benchmarks.timing import machine_info, write_json
-from configs.cifar10_shared import ARCHIVE
+from semsad_jax.configs.cifar10_shared import ARCHIVE
 
 
 def cpu_seconds() -> float:

@@ -111,7 +111,7 @@ def _reset_peak() -> bool:
 
 
 def _encoder(args: argparse.Namespace):
-    from configs import default
+    from semsad_jax.configs import default
 
     config = default.get_config()
     config.data.train, config.data.test = "synthetic-set", ""

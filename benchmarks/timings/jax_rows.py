@@ -21,7 +21,7 @@ from benchmarks.timing import row, significant, time_call, time_interleaved, wit
 
 
 def encoder_config(args, dtype: str, augment: str = "encoder"):
-    from configs import default
+    from semsad_jax.configs import default
 
     c = default.get_config()
     c.dtype = dtype

@@ -36,7 +36,7 @@ def parse_args(argv):
 
 
 def _config(args):
-    from configs import default
+    from semsad_jax.configs import default
 
     c = default.get_config()
     c.dtype = args.dtype

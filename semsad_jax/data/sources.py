@@ -22,7 +22,7 @@ import zipfile
 
 import numpy as np
 
-from semsad_jax.data import archives, cache, imagefiles, synthetic
+from semsad_jax.data import archives, cache, imagefiles, synthetic, tfds_source
 from semsad_jax.data.arrays import ImageSet, check_image_size, images_from_array
 from semsad_jax.data.specs import Spec, parse_spec, select_indices
 from semsad_jax.errors import SemsadError
@@ -150,50 +150,9 @@ def _load_sklearn(spec: Spec, image_size: int) -> ImageSet:
 
 
 def _load_tfds(spec: Spec, image_size: int) -> ImageSet:
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError as err:
-        raise SemsadError(
-            "tfds: sources need tensorflow-datasets and tensorflow; pip install "
-            "tensorflow-datasets tensorflow-cpu, or use a folder:/archive:/npz: source"
-        ) from err
-    try:
-        dataset, info = tfds.load(
-            spec.location,
-            split=spec.split,
-            data_dir=os.environ.get("TFDS_DATA_DIR") or None,
-            download=True,
-            as_supervised=False,
-            with_info=True,
-            shuffle_files=False,
-        )
-        features = info.features
-        if "image" not in features:
-            raise SemsadError(
-                f"tfds dataset {spec.location!r} has no 'image' feature; pick another"
-            )
-        label_feature = features["label"] if "label" in list(features.keys()) else None
-        names = getattr(label_feature, "names", None)
-        fixed = None not in tuple(features["image"].shape)
-        images, labels = [], []
-        for example in tfds.as_numpy(dataset.batch(1024) if fixed else dataset):
-            batch = example["image"] if fixed else example["image"][None]
-            images.append(images_from_array(batch, image_size))
-            if label_feature is not None:
-                labels.append(np.reshape(example["label"], (len(batch), -1))[:, 0])
-    except SemsadError:
-        raise
-    except Exception as err:  # tfds / tf raise many types; all mean "cannot get this dataset"
-        first = (str(err).strip().splitlines() or [""])[0][:300]
-        raise SemsadError(
-            f"tfds could not load {spec.location}/{spec.split} ({type(err).__name__}: {first}); "
-            "check the name and split, the network for the first download, and TFDS_DATA_DIR"
-        ) from err
-    if not images:
-        raise SemsadError(f"tfds split {spec.location}/{spec.split} is empty; choose another")
-    label_array = np.concatenate(labels).astype(np.int32) if labels else None
-    class_names = [str(n) for n in names] if names else None
-    return _from_arrays(spec, np.concatenate(images), label_array, class_names, image_size)
+    """Prepares (once) and reads a TFDS split: :mod:`semsad_jax.data.tfds_source`."""
+    images, labels, class_names = tfds_source.read_tfds(spec.location, spec.split, image_size)
+    return _from_arrays(spec, images, labels, class_names, image_size)
 
 
 def load_images(

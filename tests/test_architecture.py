@@ -22,7 +22,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "semsad_jax")
 MAX_LINES = 350
 # Third-party packages a function may import on first use: optional, or heavy and rarely needed.
-LAZY_OK = {"tensorflow", "tensorflow_datasets", "matplotlib", "sklearn", "torch"}
+LAZY_OK = {
+    "tensorflow",
+    "tensorflow_datasets",
+    "importlib_resources",
+    "matplotlib",
+    "sklearn",
+    "torch",
+}
 # ``import semsad_jax`` stays cheap: the package root loads the Detector on first use.
 LAZY_OWN_OK = {("semsad_jax/__init__.py", "semsad_jax.evaluation.detector")}
 

@@ -65,6 +65,25 @@ def test_score_nearest_is_ood_against_the_networks_by_hand(restored):
     np.testing.assert_allclose(single, expected[:3], rtol=1e-4, atol=1e-4)
 
 
+def test_every_detector_of_the_eval_run_scores_from_the_restored_detector(restored):
+    """det.score(x, detector=...) and det.is_ood(x, detector=...) give what --mode=eval stored."""
+    det, workdir, images, stored = restored
+    results = helpers.read_json(os.path.join(workdir, "eval", "results.json"))
+    assert det.thresholds == results["threshold_95"]
+    together = det.scores(images)
+    for name in ("semsad", "knn", "mahalanobis", "pixels_knn"):
+        expected = stored[f"{name}/in_distribution"]
+        alone = det.score(images, detector=name)
+        np.testing.assert_allclose(alone, expected, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(together[name], expected, rtol=1e-4, atol=1e-4)
+        flags = det.is_ood(images, detector=name)
+        np.testing.assert_array_equal(flags, alone < results["threshold_95"][name])
+    np.testing.assert_array_equal(together["nn"], stored["nn/in_distribution"])
+    assert det.scores(images, detectors=("knn",)).keys() == {"knn", "nn", "nn_similarity"}
+    with pytest.raises(SemsadError, match="unknown detector 'svm'; use one of semsad, knn"):
+        det.score(images, detector="svm")
+
+
 def test_wrong_image_size_is_a_clear_error(restored):
     det, _, images, _ = restored
     big = data.images_from_array(images, 16)

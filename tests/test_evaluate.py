@@ -24,11 +24,9 @@ from semsad_jax.evaluation.baselines import (
 from semsad_jax.evaluation.detector import Detector
 from semsad_jax.evaluation.evaluate import (
     DETECTORS,
-    Floors,
     evaluate_detector,
     ood_specs,
     parse_ood,
-    score_set,
 )
 from semsad_jax.method.features import map_batched
 from semsad_jax.models import make_discriminator, split_model
@@ -327,9 +325,9 @@ def test_floors_on_head_features_and_centred_pixels(smoke_detector):
     config = helpers.config(baseline_features="head", pixels_centre=True)
     det = Detector(config, det.encoder, det.discriminator, det.bank, mesh=det.mesh)
     images = load_set(config, config.data.test).images[:8]
-    floors = Floors.fit(det, config.eval, seed=0)
+    floors = det.floors
     assert floors.features == "head" and floors.pixels.mean is not None
-    got = score_set(det, floors, images)
+    got = det.scores(images)
     head = det.features(images)
     np.testing.assert_allclose(got["knn"], np.max(head @ det.bank.features.T, axis=1), atol=1e-5)
     mean = det.bank.images.reshape(len(det.bank.images), -1).mean(0) / 255.0
@@ -341,9 +339,7 @@ def test_floors_on_head_features_and_centred_pixels(smoke_detector):
     np.testing.assert_allclose(got["pixels_knn"], cos.max(axis=1), atol=1e-5)
     bad = helpers.config(baseline_features="logits")
     with pytest.raises(SemsadError, match="baseline_features"):
-        Floors.fit(
-            Detector(bad, det.encoder, det.discriminator, det.bank, mesh=det.mesh), bad.eval, 0
-        )
+        Detector(bad, det.encoder, det.discriminator, det.bank, mesh=det.mesh).scores(images)
 
 
 def test_score_csv(evaluated, smoke_detector, tmp_path):

@@ -22,6 +22,8 @@ features, as SSD and KNN do (``eval.baseline_features="head"``: the 128-d projec
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from jax.sharding import Mesh
@@ -30,6 +32,8 @@ from semsad_jax.errors import SemsadError
 from semsad_jax.method.neighbours import l2_normalize, top_k_cosine
 
 __all__ = [
+    "BASELINES",
+    "Floors",
     "Gaussians",
     "PixelBank",
     "fit_mahalanobis",
@@ -38,6 +42,7 @@ __all__ = [
     "pixel_knn_scores",
 ]
 PINV_RTOL = 1e-6
+BASELINES = ("knn", "mahalanobis", "pixels_knn")
 
 
 def knn_scores(
@@ -182,3 +187,63 @@ def pixel_knn_scores(
     Higher = more in-distribution. A constant (zero-norm after centring) image scores 0.
     """
     return knn_scores(bank.queries(images_u8), bank.vectors, k, mesh=mesh)
+
+
+@dataclasses.dataclass
+class Floors:
+    """The baselines of one detector, fitted once on its training bank.
+
+    Attributes:
+      features: "penultimate" or "head" (``eval.baseline_features``); train: those features of the
+      bank, L2-normalised; gaussians: the fitted Mahalanobis model; pixels: the bank's pixel vectors;
+      knn_k: k of knn and pixels_knn.
+    """
+
+    features: str
+    train: np.ndarray
+    gaussians: Gaussians
+    pixels: PixelBank
+    knn_k: int
+
+    @classmethod
+    def fit(
+        cls,
+        bank: Any,
+        embed: Callable[[np.ndarray, str], np.ndarray],
+        section: Any,
+        seed: int,
+    ) -> Floors:
+        """From the ``eval`` config section and a training bank (``features``, ``images``).
+
+        ``embed(images, kind)``: the encoder's L2-normalised ``kind`` features of uint8 images.
+        """
+        kind = str(section.baseline_features)
+        if kind not in ("penultimate", "head"):
+            raise SemsadError(
+                f"unknown eval.baseline_features {kind!r}; use 'penultimate' or 'head'."
+            )
+        knn_k = int(section.knn_k)
+        if not 1 <= knn_k <= len(bank.features):
+            raise SemsadError(
+                f"eval.knn_k={knn_k} is out of range for {len(bank.features)} training images."
+            )
+        train = bank.features if kind == "head" else embed(bank.images, kind)
+        gaussians = fit_mahalanobis(
+            train,
+            clusters=int(section.mahalanobis_clusters),
+            shrinkage=float(section.mahalanobis_shrinkage),
+            seed=seed,
+        )
+        pixels = PixelBank.from_images(bank.images, centre=bool(section.pixels_centre))
+        return cls(kind, train, gaussians, pixels, knn_k)
+
+    def scores(
+        self, images_u8: np.ndarray, features: np.ndarray, *, mesh: Mesh | None = None
+    ) -> dict[str, np.ndarray]:
+        """{baseline: f32 [N]} of images (uint8) and their ``self.features`` features [N, D]."""
+        k = self.knn_k
+        return {
+            "knn": knn_scores(features, self.train, k, mesh=mesh),
+            "mahalanobis": mahalanobis_scores(self.gaussians, features),
+            "pixels_knn": pixel_knn_scores(images_u8, self.pixels, k, mesh=mesh),
+        }

@@ -2,9 +2,15 @@
 
     from semsad_jax import Detector
     det = Detector.restore("runs/c10")       # reads runs/c10/config.json; no training data needed
+    det = Detector.restore("cifar10_cpu")    # or a shipped detector, an archive or its URL
     scores = det.score(images_uint8)         # float32 [N], higher = more in-distribution
+    knn = det.score(images_uint8, detector="knn")   # any detector of its eval run (DETECTORS)
     flags = det.is_ood(images_uint8)         # bool [N], at the 95% threshold stored by --mode=eval
     nn = det.nearest(images_uint8)           # nn.indices int32 [N, 1] into det.bank.images
+
+The detectors: ``semsad`` (the paper's method) and the baselines its eval run scores beside it on
+the same encoder and bank (``knn``, ``mahalanobis``; ``pixels_knn``, raw pixels, the floor), fitted
+on the bank the first time one is asked for (:class:`~semsad_jax.evaluation.baselines.Floors`).
 
 The score of an image x is s(r, x): the discriminator's score of the pair (reference r = the top-1
 cosine neighbour of x among the training features, partner = x). With ``discriminator.norm`` "batch"
@@ -25,16 +31,19 @@ from jax.sharding import Mesh
 
 from semsad_jax.data.arrays import images_from_array
 from semsad_jax.errors import SemsadError
+from semsad_jax.evaluation.baselines import BASELINES, Floors
 from semsad_jax.method.features import compute_features
 from semsad_jax.method.neighbours import top_k_cosine
 from semsad_jax.method.scoring import discriminator_scores
 from semsad_jax.models.build import compute_dtype
 from semsad_jax.parallel.mesh import make_mesh
 from semsad_jax.workdir.bank import load_bank
+from semsad_jax.workdir.fetch import resolve_detector
 from semsad_jax.workdir.layout import ConfigView, Workdir, as_workdir, run_identities
 from semsad_jax.workdir.restore import check_bank_matches, restore_stage
 
 log = logging.getLogger(__name__)
+DETECTORS = ("semsad", *BASELINES)
 BN_MODES = {
     "batch": "running_stats",
     "group": "group_norm",
@@ -76,6 +85,7 @@ class Detector:
       discriminator: (graphdef, params, batch_stats) of s.
       bank: the training bank (``features`` f32 [N, D], ``images`` u8 [N, H, W, 3], ...).
       threshold: the stored semsad threshold (None before --mode=eval).
+      thresholds: every detector's stored threshold ({} before --mode=eval).
       mesh: the device mesh everything runs on.
       workdir: where it was restored from (None when built by hand).
       provenance: per stage, what was restored (trained epochs and steps, the checkpoint step,
@@ -91,11 +101,22 @@ class Detector:
     mesh: Mesh | None = None
     workdir: str | None = None
     provenance: dict = dataclasses.field(default_factory=dict)
+    thresholds: dict = dataclasses.field(default_factory=dict)
+    _floors: Floors | None = dataclasses.field(default=None, repr=False)
 
     @classmethod
-    def restore(cls, workdir: str | Workdir, *, mesh: Mesh | None = None) -> Detector:
-        """Restores a trained detector from ``workdir`` with its own config.json (Orbax checkpoints)."""
-        wd = as_workdir(workdir)
+    def restore(
+        cls, source: str | Workdir, *, mesh: Mesh | None = None, sha256: str | None = None
+    ) -> Detector:
+        """Restores a trained detector with its own config.json (Orbax checkpoints).
+
+        ``source``: a workdir; a detector archive (``--mode=export``); its ``https://`` or
+        ``file://`` URL (downloaded once into the cache, checked against ``sha256`` when given);
+        or a shipped detector's name (``digits``, ``cifar10_cpu``; see ``pretrained/``).
+        """
+        if not isinstance(source, Workdir):
+            source = resolve_detector(str(source), sha256=sha256)
+        wd = as_workdir(source)
         return cls.from_workdir(wd.config(), wd, mesh=mesh)
 
     @classmethod
@@ -114,6 +135,7 @@ class Detector:
         encoder, discriminator = restore("encoder"), restore("discriminator")
         bank = load_bank(wd)
         provenance = {"encoder": encoder.provenance, "discriminator": discriminator.provenance}
+        results = wd.read(wd.results_json) or {}
         return cls(
             config,
             encoder[:3],
@@ -123,10 +145,13 @@ class Detector:
             mesh,
             wd.path,
             provenance,
+            {k: float(v) for k, v in results.get("threshold_95", {}).items()},
         )
 
     def __post_init__(self) -> None:
         self.mesh = self.mesh or make_mesh()
+        if self.threshold is not None:
+            self.thresholds.setdefault("semsad", float(self.threshold))
 
     @property
     def image_size(self) -> int:
@@ -238,19 +263,71 @@ class Detector:
             nn = Neighbours(nn.indices[:, :k], nn.similarities[:, :k])
         return scores.mean(axis=1).astype(np.float32), feats, nn
 
-    def score(self, images: Any, *, resize: bool = False) -> np.ndarray:
-        """SemSAD score s(nearest training image, image): float32 [N], higher = more in-distribution
-        (averaged over ``eval.score_neighbours`` nearest training images when that is above 1)."""
-        return self.score_with_neighbours(images, resize=resize)[0]
+    @property
+    def floors(self) -> Floors:
+        """The baselines (knn, mahalanobis, pixels_knn), fitted on the bank on first use."""
+        if self._floors is None:
+            embed = lambda images, kind: self.features(images, output=kind)
+            self._floors = Floors.fit(self.bank, embed, self.config.eval, int(self.config.seed))
+        return self._floors
 
-    def is_ood(self, images: Any, *, resize: bool = False) -> np.ndarray:
-        """bool [N]: score below the stored threshold (which keeps ``eval.tpr`` of the test set)."""
-        if self.threshold is None:
+    def scores(
+        self, images: Any, *, detectors: tuple[str, ...] = DETECTORS, resize: bool = False
+    ) -> dict[str, np.ndarray]:
+        """{detector: float32 [N]} of each of ``detectors``, plus "nn" (int32 [N]) and
+        "nn_similarity" (float32 [N]): each image's nearest training image by h and its cosine.
+        One encoder pass serves every detector."""
+        images = self.check_images(images, resize=resize)
+        unknown = [d for d in detectors if d not in DETECTORS]
+        if unknown:
             raise SemsadError(
-                f"no stored threshold in {self.workdir}; run --mode=eval first (it writes "
-                "eval/results.json with threshold_95)."
+                f"unknown detector {unknown[0]!r}; use one of {', '.join(DETECTORS)}."
             )
-        return self.score(images, resize=resize) < self.threshold
+        baselines = [d for d in detectors if d != "semsad"]
+        kind = self.floors.features if baselines else "head"
+        # h (the neighbours) and the baselines' features from one forward pass
+        outputs = ("head",) if kind == "head" else ("head", kind)
+        computed = self.features(images, output=outputs)
+        out: dict[str, np.ndarray] = {}
+        if "semsad" in detectors:
+            out["semsad"], _, nn = self.score_with_neighbours(images, features=computed[0])
+        else:
+            nn = self.nearest_features(computed[0])
+        if baselines:
+            floors = self.floors.scores(images, computed[-1], mesh=self.mesh)
+            out.update({d: floors[d] for d in baselines})
+        out["nn"], out["nn_similarity"] = nn.indices[:, 0], nn.similarities[:, 0]
+        return out
+
+    def score(self, images: Any, *, detector: str = "semsad", resize: bool = False) -> np.ndarray:
+        """The ``detector``'s scores, float32 [N], higher = more in-distribution.
+
+        ``semsad`` (default): s(nearest training image, image), averaged over
+        ``eval.score_neighbours`` nearest training images when that is above 1; ``knn``,
+        ``mahalanobis``, ``pixels_knn``: the baselines of the same encoder and bank.
+        """
+        if detector == "semsad":
+            return self.score_with_neighbours(images, resize=resize)[0]
+        return self.scores(images, detectors=(detector,), resize=resize)[detector]
+
+    def threshold_of(self, detector: str = "semsad") -> float:
+        """The ``detector``'s threshold stored by --mode=eval (keeps ``eval.tpr`` of the test set)."""
+        if detector not in self.thresholds:
+            if detector not in DETECTORS:
+                raise SemsadError(
+                    f"unknown detector {detector!r}; use one of {', '.join(DETECTORS)}."
+                )
+            raise SemsadError(
+                f"no stored {detector} threshold in {self.workdir}; run --mode=eval first (it "
+                "writes eval/results.json with threshold_95)."
+            )
+        return self.thresholds[detector]
+
+    def is_ood(self, images: Any, *, detector: str = "semsad", resize: bool = False) -> np.ndarray:
+        """bool [N]: the ``detector``'s score below its stored threshold (which keeps ``eval.tpr``
+        of the in-distribution test set)."""
+        threshold = self.threshold_of(detector)
+        return self.score(images, detector=detector, resize=resize) < threshold
 
 
 def _one_device() -> Mesh:

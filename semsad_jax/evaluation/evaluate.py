@@ -23,7 +23,6 @@ each class alone (``auroc_by_class``), bn_mode, config, versions), scores.npz (r
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.metadata
 import logging
 import os
@@ -39,14 +38,7 @@ from semsad_jax.data.sets import DataSets
 from semsad_jax.data.specs import parse_spec
 from semsad_jax.errors import SemsadError
 from semsad_jax.evaluation import plots
-from semsad_jax.evaluation.baselines import (
-    PixelBank,
-    fit_mahalanobis,
-    knn_scores,
-    mahalanobis_scores,
-    pixel_knn_scores,
-)
-from semsad_jax.evaluation.detector import Detector, bn_mode
+from semsad_jax.evaluation.detector import DETECTORS, Detector, bn_mode
 from semsad_jax.evaluation.report import IN_NAME, METRICS, results_table, scores_key
 from semsad_jax.method.metrics import auroc_by_class, ood_metrics, threshold_at_tpr
 from semsad_jax.method.pairs import pair_settings, sample_pairs
@@ -55,7 +47,6 @@ from semsad_jax.workdir.layout import Workdir, as_workdir, write_file, write_jso
 from semsad_jax.workdir.space import check_free
 
 log = logging.getLogger(__name__)
-DETECTORS = ("semsad", "knn", "mahalanobis", "pixels_knn")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _sample_pairs = jax.jit(sample_pairs, static_argnames=("cfg",))
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "scikit-learn")
@@ -111,64 +102,6 @@ def _config_dict(config: Any) -> dict:
     return config.to_dict() if hasattr(config, "to_dict") else dict(config)
 
 
-@dataclasses.dataclass
-class Floors:
-    """The baselines of one evaluation, fitted once on the training bank (see evaluation.baselines).
-
-    Attributes:
-      features: "penultimate" or "head" (``eval.baseline_features``); train: those features of the
-      bank, L2-normalised; gaussians: the fitted Mahalanobis model; pixels: the bank's pixel vectors;
-      knn_k: k of knn and pixels_knn.
-    """
-
-    features: str
-    train: np.ndarray
-    gaussians: Any
-    pixels: PixelBank
-    knn_k: int
-
-    @classmethod
-    def fit(cls, detector: Detector, section: Any, seed: int) -> Floors:
-        """From the ``eval`` config section and the detector's bank."""
-        kind = str(section.baseline_features)
-        if kind not in ("penultimate", "head"):
-            raise SemsadError(
-                f"unknown eval.baseline_features {kind!r}; use 'penultimate' or 'head'."
-            )
-        bank = detector.bank
-        knn_k = int(section.knn_k)
-        if not 1 <= knn_k <= len(bank.features):
-            raise SemsadError(
-                f"eval.knn_k={knn_k} is out of range for {len(bank.features)} training images."
-            )
-        train = bank.features if kind == "head" else detector.features(bank.images, output=kind)
-        gaussians = fit_mahalanobis(
-            train,
-            clusters=int(section.mahalanobis_clusters),
-            shrinkage=float(section.mahalanobis_shrinkage),
-            seed=seed,
-        )
-        pixels = PixelBank.from_images(bank.images, centre=bool(section.pixels_centre))
-        return cls(kind, train, gaussians, pixels, knn_k)
-
-
-def score_set(detector: Detector, floors: Floors, images: np.ndarray) -> dict:
-    """All detectors' scores of one set: {DETECTOR: f32 [N] for DETECTORS, "nn": i32 [N]}."""
-    # h (the neighbours) and the baselines' features (floors.features) from one forward pass
-    outputs = ("head",) if floors.features == "head" else ("head", floors.features)
-    computed = detector.features(images, output=outputs)
-    semsad, _, nn = detector.score_with_neighbours(images, features=computed[0])
-    feats = computed[-1]
-    mesh, k = detector.mesh, floors.knn_k
-    return {
-        "semsad": semsad,
-        "knn": knn_scores(feats, floors.train, k, mesh=mesh),
-        "mahalanobis": mahalanobis_scores(floors.gaussians, feats),
-        "pixels_knn": pixel_knn_scores(images, floors.pixels, k, mesh=mesh),
-        "nn": nn.indices[:, 0],
-    }
-
-
 def _metrics(scores_in: np.ndarray, scores_out: np.ndarray, tpr: float) -> dict:
     m = ood_metrics(scores_in, scores_out, tpr)
     return {**{k: m[k] for k in METRICS}, "num_ood": m["num_out"]}
@@ -192,6 +125,8 @@ def evaluate(
     mesh: Any = None,
     sets: DataSets | None = None,
     detector: Detector | None = None,
+    out_dir: str | None = None,
+    in_spec: str | None = None,
 ) -> dict:
     """Scores the in-distribution test set and every OOD set; writes WORKDIR/eval/ (see module doc).
 
@@ -201,15 +136,18 @@ def evaluate(
       extra_ood: ``--ood NAME=SPEC`` items, added to ``eval.ood``.
       sets: the run's loaded data (a set decoded for training is reused), or None.
       detector: the restored detector of ``workdir``, or None to restore it here.
+      out_dir: where the outputs go (default WORKDIR/eval).
+      in_spec: the in-distribution set (default ``eval.in_distribution``, else ``data.test``).
     Returns:
       the results dict written to results.json.
     """
     wd = as_workdir(workdir)
     wd.check_trained()
     oods = ood_specs(config, extra_ood)
-    in_spec = in_distribution_spec(config)
+    in_spec = in_spec or in_distribution_spec(config)
+    parse_spec(in_spec)
     detector = detector or Detector.from_workdir(config, wd, mesh=mesh)
-    return evaluate_detector(detector, in_spec, oods, wd.eval_dir, sets=sets)
+    return evaluate_detector(detector, in_spec, oods, out_dir or wd.eval_dir, sets=sets)
 
 
 def evaluate_detector(
@@ -230,12 +168,12 @@ def evaluate_detector(
         log.warning("no OOD sets (eval.ood or --ood NAME=SPEC): only thresholds are computed")
     v = config.eval
     tpr = float(v.tpr)
-    floors = Floors.fit(detector, v, int(config.seed))
+    floors = detector.floors
     scored, classes = {}, {}
     for name, spec in [(IN_NAME, in_spec), *oods.items()]:
         log.info("scoring %s: %s", name, spec)
         image_set = sets.load(spec)
-        scored[name] = score_set(detector, floors, image_set.images)
+        scored[name] = detector.scores(image_set.images)
         labels = image_set.labels
         if name != IN_NAME and labels is not None and len(np.unique(labels)) > 1:
             classes[name] = (labels, image_set.class_names)

@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${LOWEST_VENV:-/tmp/semsad-lowest}
-uv venv -q --clear -p 3.11 "$venv"
+uv venv -q --clear --seed -p 3.11 "$venv"  # --seed: pip, which tests/test_installed.py uses
 uv pip compile -q pyproject.toml --extra tfds --extra dev --resolution lowest-direct \
   --python-version 3.11 -o "$venv/lowest.txt"
 VIRTUAL_ENV=$venv uv pip sync -q "$venv/lowest.txt"

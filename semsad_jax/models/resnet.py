@@ -25,6 +25,7 @@ Initialisation follows torchvision: Kaiming-normal (fan_out) convolutions, norm 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -62,8 +63,13 @@ def _conv_init(key, shape, dtype=jnp.float32):
     return _flat_draw(jax.random.normal, key, shape, dtype) * std
 
 
+@functools.cache
 def _uniform_init(bound: float):
-    """U(-bound, bound): torch nn.Linear's weight and bias init with bound 1 / sqrt(fan_in)."""
+    """U(-bound, bound): torch nn.Linear's weight and bias init with bound 1 / sqrt(fan_in).
+
+    One function per bound (cached): the graph definitions of two models built alike stay equal
+    (Flax 0.12.0 keeps the initialiser in the GraphDef), so they share compiled steps.
+    """
 
     def init(key, shape, dtype=jnp.float32):
         draw = lambda k, s, d: jax.random.uniform(k, s, d, -bound, bound)

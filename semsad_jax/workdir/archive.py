@@ -105,14 +105,8 @@ def _slim_checkpoint(wd: Workdir, stage: str, staging: str) -> int:
                 f"{wd.stage_dir(stage)}; rerun --mode={stage}."
             )
         try:
-            saved = source._manager.item_metadata(step)["state"]
-            saved = getattr(saved, "tree", saved)
             device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-            abstract = jax.tree.map(
-                lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device),
-                dict(saved),
-                is_leaf=lambda x: hasattr(x, "shape"),
-            )
+            abstract = source.saved_abstract(step, device)
         except Exception as err:  # unreadable metadata: a damaged checkpoint
             raise SemsadError(
                 f"checkpoint {wd.stage_dir(stage)}/{step} is unreadable "

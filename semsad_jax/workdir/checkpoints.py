@@ -133,6 +133,22 @@ class StageCheckpoints:
         ]
         return reporting_disk_full(self.directory, needed, what, self._then(), cleanup=tmp)
 
+    def saved_tree(self, step: int) -> Any:
+        """The array metadata (shape, dtype) of checkpoint ``step``'s state, as a pytree; raises
+        whatever Orbax raises for unreadable metadata."""
+        saved = self._manager.item_metadata(step)["state"]
+        return getattr(saved, "tree", saved)
+
+    def saved_abstract(self, step: int, sharding: Any, part: str | None = None) -> Any:
+        """``jax.ShapeDtypeStruct`` s (on ``sharding``) of checkpoint ``step``'s state, or of its
+        ``part`` ("opt_state", ...): a target to restore it with its recorded shapes."""
+        saved = self.saved_tree(step)
+        return jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding),
+            dict(saved) if part is None else saved[part],
+            is_leaf=lambda x: hasattr(x, "shape"),
+        )
+
     def restore(self, target: Any, step: int | None = None) -> tuple[Any, int] | None:
         """Restores the newest readable checkpoint (or exactly ``step``) into the shape of ``target``.
 
@@ -148,8 +164,7 @@ class StageCheckpoints:
         unreadable: list[tuple[int, Exception]] = []
         for candidate in steps:
             try:
-                saved = self._manager.item_metadata(candidate)["state"]
-                saved = getattr(saved, "tree", saved)
+                saved = self.saved_tree(candidate)
                 if not jax.tree.leaves(saved, is_leaf=lambda x: hasattr(x, "shape")):
                     raise ValueError("its metadata lists no arrays")
             except Exception as err:  # unreadable metadata: a half-written or damaged checkpoint
@@ -193,13 +208,7 @@ class StageCheckpoints:
             return None
         sharding = jax.tree.leaves(params)[0].sharding
         try:
-            saved = self._manager.item_metadata(step)["state"]
-            saved = getattr(saved, "tree", saved)
-            opt_state = jax.tree.map(
-                lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding),
-                saved["opt_state"],
-                is_leaf=lambda x: hasattr(x, "shape"),
-            )
+            opt_state = self.saved_abstract(step, sharding, "opt_state")
         except Exception:  # unreadable metadata: let restore() report and set it aside
             opt_state = {}
         target = {"params": params, "batch_stats": batch_stats, "opt_state": opt_state}

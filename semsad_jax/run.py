@@ -45,7 +45,8 @@ import jax
 from semsad_jax import parallel
 from semsad_jax.data.sets import DataSets
 from semsad_jax.errors import SemsadError
-from semsad_jax.evaluation.evaluate import DETECTORS, evaluate
+from semsad_jax.evaluation.detector import DETECTORS, check_detector
+from semsad_jax.evaluation.evaluate import evaluate
 from semsad_jax.evaluation.report import run_report
 from semsad_jax.evaluation.score import score_images
 from semsad_jax.train.discriminator import train_discriminator
@@ -112,8 +113,7 @@ def run(
     _quiet_logs()
     if mode not in MODES:
         raise SemsadError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}.")
-    if detector not in DETECTORS:
-        raise SemsadError(f"unknown detector {detector!r}; use one of {', '.join(DETECTORS)}.")
+    check_detector(detector)  # before anything is downloaded or loaded
     if mode == "report":
         report_dir = "" if config is None else config.eval.report_dir
         return {"report": run_report(list(workdirs) or [workdir], report_dir)}

@@ -59,6 +59,13 @@ def bn_mode(config: Any) -> str:
     return BN_MODES[norm]
 
 
+def check_detector(name: str) -> str:
+    """``name`` if it is one of :data:`DETECTORS`; a one-line SemsadError listing them otherwise."""
+    if name not in DETECTORS:
+        raise SemsadError(f"unknown detector {name!r}; use one of {', '.join(DETECTORS)}.")
+    return name
+
+
 def is_transductive(config: Any) -> bool:
     return config.discriminator.norm == "batch_transductive"
 
@@ -278,11 +285,8 @@ class Detector:
         "nn_similarity" (float32 [N]): each image's nearest training image by h and its cosine.
         One encoder pass serves every detector."""
         images = self.check_images(images, resize=resize)
-        unknown = [d for d in detectors if d not in DETECTORS]
-        if unknown:
-            raise SemsadError(
-                f"unknown detector {unknown[0]!r}; use one of {', '.join(DETECTORS)}."
-            )
+        for name in detectors:
+            check_detector(name)
         baselines = [d for d in detectors if d != "semsad"]
         kind = self.floors.features if baselines else "head"
         # h (the neighbours) and the baselines' features from one forward pass
@@ -313,10 +317,7 @@ class Detector:
     def threshold_of(self, detector: str = "semsad") -> float:
         """The ``detector``'s threshold stored by --mode=eval (keeps ``eval.tpr`` of the test set)."""
         if detector not in self.thresholds:
-            if detector not in DETECTORS:
-                raise SemsadError(
-                    f"unknown detector {detector!r}; use one of {', '.join(DETECTORS)}."
-                )
+            check_detector(detector)
             raise SemsadError(
                 f"no stored {detector} threshold in {self.workdir}; run --mode=eval first (it "
                 "writes eval/results.json with threshold_95)."

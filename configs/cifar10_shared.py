@@ -11,7 +11,8 @@ ResNet-10 (one block per stage, half the compute of a ResNet-18 step for the sam
 step), SimCLR views with crops of at least 20% (``encoder_mild``; a 0.08 crop of a 16 px image is a
 4 x 4 patch), temperature 0.1, Adam 1e-3, 120 epochs of the 10k images (about 22 minutes on a 2-core
 CPU; a one-class set of 5,000 images about 11). The discriminator keeps its CPU sizes (ResNet-18,
-width 16, 10 epochs).
+width 16, 10 epochs). The rotation detector is on (``rotation.enabled``: a ResNet-18 of width 16
+predicting the four rotations, 40 epochs at batch 64), about the compute of SemSAD's two stages.
 
 Class split (first five classes in, last five out):
     --config.data.train='archive:...!train?classes=0,1,2,3,4' and eval.ood as below.
@@ -58,5 +59,12 @@ def get_config():
     c.discriminator.learning_rate = 2e-4
     c.discriminator.lr_boundaries = (6, 9)
     c.discriminator.checkpoint_every_steps = 200
+    # the rotation detector (Hendrycks et al. 2019), trained beside SemSAD at about the CPU minutes
+    # of its two stages (docs/results.md, "Rotation prediction at equal compute")
+    r = c.rotation
+    r.enabled = True
+    r.depth, r.width, r.batch_size, r.epochs = 18, 16, 64, 40
+    r.checkpoint_every_steps = 500
+    c.eval.combined = "rotation,pixels_knn"  # chosen on validation (docs/results.md)
     c.eval.ood.cifar10_last_five = f"archive:{ARCHIVE}!test?classes={LAST_FIVE}"
     return far_ood.add(c)

@@ -56,6 +56,12 @@ def get_config() -> ml_collections.ConfigDict:
     # loss
     e.loss = "infonce"  # "infonce" (authors': view1 rows vs view2 columns) or "ntxent" (symmetric).
     e.temperature = 1.0  # Paper: 1.0; authors' code: 0.5.
+    # Extension after CSI (Tack et al. 2020; False = the paper): every image's four rotations are
+    # distinct instances (so a rotated copy is a negative, a "shifted instance") and an auxiliary
+    # linear head on the pooled features predicts the rotation, its cross-entropy weighted by
+    # shift_head_weight. Each step then reads 4 x batch_size instances (8 x batch_size views).
+    e.shifted_instances = False
+    e.shift_head_weight = 1.0
     # augmentation
     e.augment = "encoder"  # Augmentation preset for the two views (see semsad_jax.augment.PRESETS).
     # optimiser
@@ -141,6 +147,34 @@ def get_config() -> ml_collections.ConfigDict:
     # feature bank (inference)
     s.feature_batch_size = 1024  # Batch for feature-bank building (inference).
 
+    # ---- rotation prediction (a second label-free detector, off in the paper's configs) -----------
+    # Hendrycks et al. 2019 / GEOM (Golan & El-Yaniv 2018): a ResNet learns which transformation
+    # was applied to a training image; the "rotation" detector scores an image by the mean
+    # log-probability of the true transformation over its transformed copies. Trained by
+    # --mode=rotation (and --mode=all) when enabled; scored by --mode=eval beside SemSAD.
+    c.rotation = r = ml_collections.ConfigDict()
+    r.enabled = False
+    # "rotate" (0/90/180/270 degrees), "rotate_flip" (x mirror: 8) or "geom" (GEOM's 72: mirror x
+    # 3 x 3 shifts by a quarter side x 4 rotations); semsad_jax.method.transforms.
+    r.transforms = "rotate"
+    r.depth = 18  # ResNet (as encoder.depth), 3x3 stride-1 stem, ReLU, linear head.
+    r.width = 64
+    r.norm = "batch"
+    r.conv_impl = "auto"  # As encoder.conv_impl.
+    r.augment = "flip_crop"  # Augmentation of each image before it is transformed (a preset).
+    r.batch_size = 128  # Images per step; each is fed in all its transformations.
+    r.epochs = 100
+    r.optimizer = "adam"
+    r.learning_rate = 1e-3
+    r.weight_decay = 5e-4
+    r.schedule = "cosine"
+    r.warmup_epochs = 0
+    r.lr_boundaries = ()
+    r.lr_scales = ()
+    r.checkpoint_every_steps = 500
+    r.keep_checkpoints = 3
+    r.log_every_steps = 20
+
     # ---- evaluation ------------------------------------------------------------------------
     c.eval = v = ml_collections.ConfigDict()
     v.in_distribution = ""  # Spec of the in-distribution test set; "" = data.test.
@@ -157,6 +191,12 @@ def get_config() -> ml_collections.ConfigDict:
     # mahalanobis baseline (SSD without labels) on the L2-normalised h features of the bank:
     v.mahalanobis_clusters = 1  # 1 = one Gaussian; > 1 = k-means clusters, distance to the nearest.
     v.mahalanobis_shrinkage = 0.0  # Covariance (1-a) S + a tr(S)/D I before the pinv; 0 = SSD's.
+    # The "combined" detector (an extension): each image's score is the lowest of its percentiles
+    # under these detectors, each percentile taken among the training bank's own scores (knn and
+    # pixels_knn leave the image itself out); "" = no combined detector. E.g. a semantic and a
+    # low-level detector: "mahalanobis,pixels_knn".
+    v.combined = "mahalanobis,pixels_knn"
+    v.combined_reference = 2000  # Bank images whose scores are the percentiles' reference.
     v.tpr = 0.95  # Threshold keeps this fraction of in-distribution test images.
     v.plots = True  # PNG score histograms (paper's Figure 4 style) and ROC curves in WORKDIR/eval.
     v.plot_pairs = 512  # Training positive / negative pairs scored for the histogram (0 = none).

@@ -17,6 +17,10 @@ def get_config():
     s.depth, s.width, s.batch_size, s.epochs = 18, 4, 16, 1
     s.lr_boundaries, s.lr_scales = (), ()
     s.checkpoint_every_steps, s.log_every_steps, s.feature_batch_size = 2, 1, 32
+    r = c.rotation
+    r.enabled = True
+    r.depth, r.width, r.batch_size, r.epochs = 18, 4, 16, 1
+    r.checkpoint_every_steps, r.log_every_steps = 2, 1
     c.eval.ood.digits_7_9 = "sklearn:digits/test?classes=7,8,9&limit=24"
     c.eval.batch_size = 16
     return c

@@ -7,6 +7,8 @@ the workdir holds, writes the resolved config to ``WORKDIR/config.json``, loads 
 needs (each set decoded once) and runs the stage(s)::
 
     encoder -> discriminator -> eval        (``all`` runs the three in order)
+    rotation     (the rotation detector's network, when ``rotation.enabled``; ``all`` trains it
+                  after the discriminator)
     score   (needs a finished, evaluated workdir)    report (aggregates several workdirs)
     export  (an evaluated workdir as one detector archive, ``out``)
 
@@ -51,18 +53,19 @@ from semsad_jax.evaluation.report import run_report
 from semsad_jax.evaluation.score import score_images
 from semsad_jax.train.discriminator import train_discriminator
 from semsad_jax.train.encoder import train_encoder
+from semsad_jax.train.rotation import train_rotation
 from semsad_jax.train.stage import StageContext
 from semsad_jax.workdir.archive import export_detector
 from semsad_jax.workdir.fetch import package_name, resolve_detector
-from semsad_jax.workdir.layout import Workdir, run_identities
+from semsad_jax.workdir.layout import Workdir, rotation_enabled, run_identities
 from semsad_jax.workdir.restore import restore_network
 from semsad_jax.workdir.shipped import shipped_names
 
 log = logging.getLogger(__name__)
 __all__ = ["DETECTORS", "MODES", "TRAINING_MODES", "run"]
-MODES = ("encoder", "discriminator", "eval", "score", "all", "report", "export")
-TRAINS = {"encoder": ("encoder",), "discriminator": ("discriminator",)}
-TRAINS["all"] = TRAINS["encoder"] + TRAINS["discriminator"]
+MODES = ("encoder", "discriminator", "rotation", "eval", "score", "all", "report", "export")
+TRAINS = {"encoder": ("encoder",), "discriminator": ("discriminator",), "rotation": ("rotation",)}
+TRAINS["all"] = ("encoder", "discriminator", "rotation")  # rotation only when enabled
 TRAINING_MODES = tuple(TRAINS)
 ENCODER_HINT = (
     "use the config it was trained with, or retrain it first with --mode=encoder --overwrite"
@@ -126,6 +129,7 @@ def run(
     if trains:
         if config is None:
             raise SemsadError(f"--mode={mode} needs a config; pass --config=FILE or a config name.")
+        trains = _stages_to_train(config, mode)
         wd = _check_workdir(workdir)
     else:  # eval / score read a workdir or a packaged detector (brought into the cache once)
         wd, packaged = _open_detector(workdir)
@@ -156,7 +160,7 @@ def run(
         if trains:  # refuse a mismatch before config.json (or anything else) is written
             for stage in () if overwrite else trains:
                 wd.check_identity(stage, identities[stage])
-            if "encoder" not in trains:  # the discriminator builds on the workdir's encoder
+            if "discriminator" in trains and "encoder" not in trains:  # built on the encoder
                 wd.check_identity("encoder", identities["encoder"], hint=ENCODER_HINT)
             wd.write(wd.config_json, config.to_dict())
             results.update(_train(config, wd, trains, identities, sets, mesh, overwrite))
@@ -226,7 +230,24 @@ def _train(
             identity=identities["discriminator"],
             encoder_identity=identities["encoder"],
         )
+    if "rotation" in trains:
+        results["rotation"] = train_rotation(
+            config.rotation, ctx, sets.train(), sets.test(), identity=identities["rotation"]
+        )
     return results
+
+
+def _stages_to_train(config: Any, mode: str) -> tuple[str, ...]:
+    """The stages ``mode`` trains under ``config`` (``all``: the rotation network only when
+    enabled); a one-line SemsadError for --mode=rotation with the rotation detector disabled."""
+    if rotation_enabled(config):
+        return TRAINS[mode]
+    if mode == "rotation":
+        raise SemsadError(
+            "--mode=rotation: the rotation detector is disabled in this config; set "
+            "--config.rotation.enabled=True (e.g. configs/class_split.py has it on)."
+        )
+    return tuple(stage for stage in TRAINS[mode] if stage != "rotation")
 
 
 def _export(workdir: str | None, out: str | None) -> dict:

@@ -27,7 +27,8 @@ if ROOT not in sys.path:
 
 @pytest.fixture(scope="session")
 def smoke_trained(tmp_path_factory) -> str:
-    """A smoke workdir with a finished encoder, feature bank and discriminator (do not modify)."""
+    """A smoke workdir with a finished encoder, feature bank, discriminator and rotation network
+    (do not modify)."""
     from helpers import config
 
     from semsad_jax.run import run
@@ -35,6 +36,7 @@ def smoke_trained(tmp_path_factory) -> str:
     workdir = str(tmp_path_factory.mktemp("smoke") / "trained")
     run(config(), workdir, "encoder")
     run(config(), workdir, "discriminator")
+    run(config(), workdir, "rotation")
     return workdir
 
 

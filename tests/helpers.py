@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import signal
 import types
 from pathlib import Path
 
@@ -74,6 +77,30 @@ def context(config, workdir, *, mesh=None, overwrite=False) -> StageContext:
 
 def identities(config) -> dict:
     return run_identities(config)
+
+
+@contextlib.contextmanager
+def sigterm_after_step(monkeypatch, stage_module, step: int):
+    """Inside: ``stage_module.make_train_step``'s steps send this process SIGTERM after ``step``
+    (the stage saves a checkpoint and raises ``Interrupted``); the real one is back afterwards."""
+    real = stage_module.make_train_step
+
+    def interrupted(*args, **kwargs):
+        step_fn = real(*args, **kwargs)
+
+        def wrapped(state, images, i):
+            out = step_fn(state, images, i)
+            if int(i) == step:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return out
+
+        return wrapped
+
+    monkeypatch.setattr(stage_module, "make_train_step", interrupted)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(stage_module, "make_train_step", real)
 
 
 def tiny_config(kind: str) -> types.SimpleNamespace:

@@ -348,6 +348,9 @@ def test_quality_orchestration_with_stubbed_pipeline(tmp_path, monkeypatch):
         if mode == "discriminator":
             assert os.path.isdir(os.path.join(workdir, "encoder"))  # own or linked encoder
             return {"discriminator": {}}
+        if mode == "rotation":
+            os.makedirs(os.path.join(workdir, "rotation"), exist_ok=True)
+            return {"rotation": {}}
         shift = 0.1 * config.seed + (0.05 if config.discriminator.norm != "batch" else 0.0)
         metrics = {"auroc": 0.6 + shift, "fpr95": 0.5 - shift, "aupr_in": 0.6, "aupr_out": 0.6}
         detectors = {d: {"last_five": dict(metrics)} for d in ("semsad", "knn", "mahalanobis")}
@@ -362,10 +365,17 @@ def test_quality_orchestration_with_stubbed_pipeline(tmp_path, monkeypatch):
     assert [c[:3] for c in calls if c[1] == 0] == [
         ("encoder", 0, "batch"),
         ("discriminator", 0, "batch"),
+        ("rotation", 0, "batch"),
         ("eval", 0, "batch"),
         ("discriminator", 0, "batch_transductive"),
+        ("rotation", 0, "batch_transductive"),  # the first one's network, linked: reused
         ("eval", 0, "batch_transductive"),
     ]
+    assert os.path.islink(
+        os.path.join(
+            tmp_path, "work", "validation", "class_split", "seed0", "transductive", "rotation"
+        )
+    )
     assert os.path.islink(  # validation (the default) and report workdirs never collide
         os.path.join(
             tmp_path, "work", "validation", "class_split", "seed1", "transductive", "encoder"
@@ -406,6 +416,21 @@ def test_quality_orchestration_with_stubbed_pipeline(tmp_path, monkeypatch):
     assert "| class | OOD | semsad (running_stats) | semsad (transductive) | knn |" in text
     assert "| airplane | last_five | 60.0 +- 0.0 | 65.0 +- 0.0 | 60.0 +- 0.0 |" in text
     assert "| mean (1 class) | last_five | 60.0 +- 0.0 | 65.0 +- 0.0 |" in text
+    assert "| protocol | seeds | encoder | discriminator | SemSAD | rotation |" in text
+    # --append: seed 1 joins seed 0's runs in the same OUT (only seed 1 is trained)
+    calls.clear()
+    both = cifar10_quality.main(
+        ["--budget=tiny", "--out=rep", "--split=report", "--seeds=1", "--append", "--archive",
+         __file__]
+    )  # fmt: skip
+    assert {c[1] for c in calls} == {1}
+    assert both["seeds"] == [0, 1] and {r["seed"] for r in both["records"]} == {0, 1}
+    assert "| airplane | last_five | 65.0 +- 7.1 |" in (tmp_path / "rep" / "results.md").read_text()
+    with pytest.raises(SystemExit, match="another budget or --set"):
+        cifar10_quality.main(
+            ["--budget=tiny", "--out=rep", "--split=report", "--seeds=1", "--append",
+             "--set", "discriminator.mu=0.5", "--archive", __file__]
+        )  # fmt: skip
 
 
 def test_encoder_recipes_trains_only_the_encoder_on_validation_images(tmp_path, monkeypatch):

@@ -125,7 +125,10 @@ def test_digits_trains_and_evaluates_with_the_console_script(installed):
     ))  # fmt: skip
     with open(os.path.join(workdir, "eval", "results.json")) as f:
         results = json.load(f)
-    assert set(results["threshold_95"]) == {"semsad", "knn", "mahalanobis", "pixels_knn"}
+    # the digits config is the paper's plus its data: no rotation network; combined = its default
+    assert set(results["threshold_95"]) == {
+        "semsad", "knn", "mahalanobis", "pixels_knn", "combined"
+    }  # fmt: skip
     assert "digits_5_9" in results["detectors"]["semsad"]
     assert results["config"]["data"]["train"] == "sklearn:digits/train?classes=0,1,2,3,4"
 

@@ -31,6 +31,7 @@ def _config():
     s = c.discriminator
     s.width, s.batch_size, s.epochs, s.learning_rate = 8, 64, 6, 1e-3
     s.checkpoint_every_steps, s.log_every_steps = 1000, 50
+    c.rotation.enabled = False  # SemSAD's learning alone (the rotation detector's: test_rotation)
     return c
 
 

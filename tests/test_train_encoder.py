@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 
@@ -16,6 +15,7 @@ from helpers import (
     load_encoder,
     load_test_set,
     load_train_set,
+    sigterm_after_step,
     train_encoder,
     unit_rows,
 )
@@ -151,24 +151,12 @@ def test_sigterm_saves_and_resume_equals_uninterrupted(train_set, tmp_path, monk
     assert full["total_steps"] == 8
     expected = load_encoder(str(tmp_path / "a"), config)[1]
 
-    real = encoder_stage.make_train_step
-
-    def interrupted_after_step_4(*args, **kwargs):
-        step_fn = real(*args, **kwargs)
-
-        def wrapped(state, images, step):
-            out = step_fn(state, images, step)
-            if int(step) == 4:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return out
-
-        return wrapped
-
-    monkeypatch.setattr(encoder_stage, "make_train_step", interrupted_after_step_4)
-    with pytest.raises(Interrupted, match="step 5"):
+    with (
+        sigterm_after_step(monkeypatch, encoder_stage, 4),
+        pytest.raises(Interrupted, match="step 5"),
+    ):
         train_encoder(config, tmp_path / "b", train_set)
     assert (tmp_path / "b" / "encoder" / "5").is_dir()
-    monkeypatch.setattr(encoder_stage, "make_train_step", real)
     train_encoder(config, tmp_path / "b", train_set)
     resumed = load_encoder(str(tmp_path / "b"), config)[1]
     for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(resumed)):

@@ -64,6 +64,8 @@ SPLITS = ("validation", "report")
 # split; the fit part keeps 4,000 per class, as many as any budget trains on)
 HOLDOUT = 1000
 BN_MODES = {"running_stats": "batch", "transductive": "batch_transductive"}
+# detectors that depend on the discriminator (reported per bn mode; the others once)
+SEMSAD_DEPENDENT = ("semsad",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +100,13 @@ class Budget:
     bn_modes: tuple[str, ...] = ("running_stats", "transductive")
     overrides: tuple[tuple[str, Any], ...] = ()
     report_one_class: tuple[str, ...] = CLASSES
+    # the rotation detector (rotation.*; 0 epochs = off): a ResNet of the discriminator's family
+    rot_epochs: int = 0
+    rot_width: int = 16
+    rot_depth: int = 18
+    rot_batch: int = 64
+    rot_lr: float = 1e-3
+    combined: str = "mahalanobis,pixels_knn"  # eval.combined
 
 
 BUDGETS = {
@@ -120,6 +129,9 @@ BUDGETS = {
         feature_batch=64,
         eval_batch=16,
         far_limit=16,
+        rot_epochs=1,
+        rot_width=4,
+        rot_batch=16,
     ),
     # 2-core CPU: validation 4 protocols x 2 seeds x (encoder + discriminator + eval), < 60 min;
     # report 11 protocols (class split + ten one-class) x 2 seeds, about 2 hours.
@@ -147,6 +159,12 @@ BUDGETS = {
         # picture?" shortcut (tau 0.1 with encoder_mild views, the 2026-11-29 choice made on the
         # test split, gained nothing on validation and was dropped on 2026-12-05)
         overrides=(("encoder.temperature", 0.5), ("discriminator.shifted_negatives", 0.5)),
+        # the rotation detector at about SemSAD's compute (encoder + discriminator CPU minutes;
+        # the minutes of each are in results.md): ResNet-18 width 16, 64 images x 4 rotations
+        rot_epochs=20,
+        # the combined detector of rotation and raw pixels: chosen on the validation protocols
+        # (docs/results.md, "Rotation prediction at equal compute"); eval only, no stage changes
+        combined="rotation,pixels_knn",
     ),
     # One H100, < 8 min (estimate in benchmarks/README.md): full sets, 32 px, width 32, bf16.
     "gpu": Budget(
@@ -165,6 +183,10 @@ BUDGETS = {
         seeds=(0, 1),
         dtype="bfloat16",
         disc_lr=4e-4,
+        rot_epochs=10,
+        rot_width=32,
+        rot_batch=256,
+        combined="rotation,pixels_knn",
         # the paper's encoder (full-size data, its temperature and augmentation), plus the
         # shifted negatives of the cpu recipe
         overrides=(("encoder.temperature", 0.5), ("discriminator.shifted_negatives", 0.5)),
@@ -278,17 +300,56 @@ def make_config(budget: Budget, protocol: dict, seed: int, norm: str, extra=()):
     s.checkpoint_every_steps, s.log_every_steps = 1000, 50
     s.feature_batch_size = budget.feature_batch
     c.eval.batch_size, c.eval.plots = budget.eval_batch, False
+    r = c.rotation
+    r.enabled = budget.rot_epochs > 0
+    r.depth, r.width, r.batch_size = budget.rot_depth, budget.rot_width, budget.rot_batch
+    r.epochs, r.learning_rate = max(1, budget.rot_epochs), budget.rot_lr
+    r.checkpoint_every_steps, r.log_every_steps = 1000, 50
+    c.eval.combined = budget.combined if r.enabled else "mahalanobis,pixels_knn"
     for name, spec in protocol["ood"].items():
         c.eval.ood[name] = spec
     apply_overrides(c, (*budget.overrides, *extra))
     return c
 
 
-def _link_encoder(source: str, workdir: str) -> None:
-    if os.path.exists(os.path.join(workdir, "encoder")):
+def _link_stage(source: str, workdir: str, stage: str) -> None:
+    if os.path.exists(os.path.join(workdir, stage)):
         return
     os.makedirs(workdir, exist_ok=True)
-    os.symlink(source, os.path.join(workdir, "encoder"))
+    os.symlink(os.path.realpath(source), os.path.join(workdir, stage))
+
+
+def _link_encoder(source: str, workdir: str) -> None:
+    _link_stage(source, workdir, "encoder")
+
+
+class _Clock:
+    """Wall and process-CPU seconds of consecutive laps (the CPU time of every thread: the
+    equal-compute comparisons use it, a steadier measure than wall time on a shared machine)."""
+
+    def __init__(self):
+        self.wall, self.cpu = {}, {}
+        self._t = (time.time(), time.process_time())
+
+    def lap(self, name: str) -> None:
+        now = (time.time(), time.process_time())
+        self.wall[name] = round(now[0] - self._t[0], 1)
+        self.cpu[name] = round(now[1] - self._t[1], 1)
+        self._t = now
+
+
+def _stage_minutes(workdir: str) -> dict[str, float]:
+    """{stage: train_minutes} (wall, training loop only) from each finished stage's stage.json."""
+    import json
+
+    out = {}
+    for stage in ("encoder", "discriminator", "rotation"):
+        try:
+            with open(os.path.join(workdir, stage, "stage.json")) as f:
+                out[stage] = float(json.load(f)["train_minutes"])
+        except (OSError, ValueError, KeyError):
+            pass
+    return out
 
 
 def run_one(
@@ -307,7 +368,7 @@ def run_one(
     for i, mode in enumerate(bn_modes):
         workdir = os.path.join(base, mode)
         config = make_config(budget, protocol, seed, BN_MODES[mode], extra)
-        t0 = time.time()
+        clock = _Clock()
         if first_dir is None:
             shared = encoders_from and os.path.join(encoders_from, name, f"seed{seed}", mode)
             if shared and os.path.isdir(os.path.join(shared, "encoder")):
@@ -316,14 +377,19 @@ def run_one(
             first_dir = workdir
         else:
             _link_encoder(os.path.realpath(os.path.join(first_dir, "encoder")), workdir)
-        t1 = time.time()
+        clock.lap("encoder")
         run(config, workdir, "discriminator")
-        t2 = time.time()
+        clock.lap("discriminator")
+        if config.rotation.enabled:
+            if i > 0:  # the rotation network does not depend on the bn mode: trained once
+                _link_stage(os.path.join(first_dir, "rotation"), workdir, "rotation")
+            run(config, workdir, "rotation")
+            clock.lap("rotation")
         results = run(config, workdir, "eval")["eval"]
-        t3 = time.time()
+        clock.lap("eval")
         for detector, per_ood in results["detectors"].items():
-            if detector != "semsad" and i > 0:
-                continue  # the baselines do not depend on the discriminator: reported once
+            if detector not in SEMSAD_DEPENDENT and i > 0:
+                continue  # the others do not depend on the discriminator: reported once
             for ood, metrics in per_ood.items():
                 records.append(
                     {
@@ -331,14 +397,12 @@ def run_one(
                         "seed": seed,
                         "detector": detector,
                         "ood": ood,
-                        "bn_mode": mode if detector == "semsad" else "-",
+                        "bn_mode": mode if detector in SEMSAD_DEPENDENT else "-",
                         "label_free": results.get("label_free", True),
                         **{k: metrics[k] for k in ("auroc", "fpr95", "aupr_in", "aupr_out")},
-                        "seconds": {
-                            "encoder": round(t1 - t0, 1),
-                            "discriminator": round(t2 - t1, 1),
-                            "eval": round(t3 - t2, 1),
-                        },
+                        "seconds": clock.wall,
+                        "cpu_seconds": clock.cpu,
+                        "stage_minutes": _stage_minutes(workdir),
                     }
                 )
     return records
@@ -362,6 +426,12 @@ def parse_args(argv):
     p.add_argument("--work", default=None, help="workdirs' root (default OUT/work; + /SPLIT)")
     p.add_argument("--set", action="append", default=[], help="KEY=VALUE config override")
     p.add_argument("--encoders-from", default=None, help="reuse the encoders of this work root")
+    p.add_argument(
+        "--append",
+        action="store_true",
+        help="keep OUT's earlier runs (other protocols or seeds of the same budget and --set) in "
+        "results.json/md, e.g. one seed at a time",
+    )
     return p.parse_args(argv)
 
 
@@ -391,14 +461,39 @@ def main(argv: list[str] | None = None) -> dict:
             encoders_from = os.path.join(encoders_from, args.split)
     _enable_compile_cache(os.path.join(work_base, "jax_cache"))
     t0, records = time.time(), []
-    for name, protocol in protos.items():
-        for seed in seeds:
+    if args.append:  # keep the earlier (protocol, seed) runs of OUT that this one does not redo
+        records, seeds, protos, t0 = _earlier(args, budget, extra, seeds, protos, t0)
+    for name, protocol in protocols(budget, archive, names, args.split).items():
+        for seed in [int(s) for s in args.seeds.split(",")] if args.seeds else budget.seeds:
+            records = [r for r in records if (r["protocol"], r["seed"]) != (name, seed)]
             records += run_one(
                 work_root, name, protocol, seed, budget, bn_modes, extra, encoders_from
             )
             result = write_results(args, budget, seeds, protos, records, t0, extra)
     print(markdown_report(result))
     return result
+
+
+def _earlier(args, budget: Budget, extra, seeds, protos, t0: float):
+    """--append: (records, seeds, protocols, start time) of OUT/results.json joined with this run's;
+    refused when it was run with another budget or recipe."""
+    import json
+
+    try:
+        with open(os.path.join(args.out, "results.json")) as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        return [], seeds, protos, t0
+    overrides = [list(kv) for kv in (*budget.overrides, *extra)]
+    if old.get("budget_name") != args.budget or old.get("overrides") != json.loads(
+        json.dumps(overrides)
+    ):
+        raise SystemExit(
+            f"--append: {args.out}/results.json was run with another budget or --set; use another --out"
+        )
+    seeds = sorted(set(old["seeds"]) | set(seeds))
+    protos = {**old["protocols"], **protos}
+    return old["records"], seeds, protos, t0 - 60 * float(old.get("minutes", 0))
 
 
 def _check_out(out: str, split: str) -> None:

@@ -15,7 +15,7 @@ from collections import defaultdict
 import numpy as np
 
 METRICS = ("auroc", "fpr95")
-_ORDER = {"semsad": 0, "knn": 1, "mahalanobis": 2, "pixels_knn": 3}
+_ORDER = {"semsad": 0, "knn": 1, "mahalanobis": 2, "pixels_knn": 3, "rotation": 4, "combined": 5}
 ONE_CLASS_MEAN = "one_class (mean)"
 SPLIT_TITLES = {
     "validation": (
@@ -157,6 +157,42 @@ def one_class_table(summary: list[dict]) -> list[str]:
     return lines
 
 
+def _minutes_cell(runs: list[dict], names: tuple[str, ...]) -> str:
+    """ "CPU / wall" minutes of the stages ``names`` together, mean over ``runs``; "-" if absent."""
+    if not all(n in r.get("cpu_seconds", {}) for r in runs for n in names):
+        return "-"
+    cpu = np.mean([sum(r["cpu_seconds"][n] for n in names) for r in runs]) / 60
+    wall = np.mean([sum(r["seconds"][n] for n in names) for r in runs]) / 60
+    return f"{cpu:.1f} / {wall:.1f}"
+
+
+def minutes_table(records: list[dict]) -> list[str]:
+    """Lines of the compute table: per protocol, the mean over seeds of each stage's CPU minutes
+    (process CPU time, every thread) and wall minutes; SemSAD = encoder + discriminator."""
+    runs: dict[tuple, dict] = {}
+    for r in records:
+        runs.setdefault((r["protocol"], r["seed"]), r)
+    if not runs or not any("cpu_seconds" in r for r in runs.values()):
+        return []
+    by_protocol: dict[str, list[dict]] = defaultdict(list)
+    for (protocol, _), r in sorted(runs.items()):
+        by_protocol[protocol].append(r)
+    stages = ("encoder", "discriminator", "rotation")
+    lines = [
+        "",
+        "Compute per run (mean over seeds): CPU minutes (process CPU time, all threads) / wall "
+        "minutes of each stage, eval excluded; SemSAD = encoder + discriminator.",
+        "",
+        "| protocol | seeds | encoder | discriminator | SemSAD | rotation |",
+        "|---|---|---|---|---|---|",
+    ]
+    for protocol, rs in by_protocol.items():
+        groups = [(n,) for n in stages[:2]] + [stages[:2], stages[2:]]
+        cells = [_minutes_cell(rs, names) for names in groups]
+        lines.append(f"| {protocol} | {len(rs)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown_report(result: dict) -> str:
     """Header (split, budget, machine, minutes); the table of every protocol (AUROC / FPR95 in %,
     mean +- std), the one-class table (per class and their mean) and the far-OOD table."""
@@ -187,6 +223,7 @@ def markdown_report(result: dict) -> str:
         cells.append(str(r["seeds"]))
         lines.append("| " + " | ".join(cells) + " |")
     lines += one_class_table(result["summary"])
+    lines += minutes_table(result.get("records", []))
     far = far_rows(result.get("records", []))
     if far:
         columns = _columns(far)

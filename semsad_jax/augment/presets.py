@@ -89,6 +89,9 @@ PRESETS: dict[str, AugmentSpec] = {
     "t_neg_authors": AugmentSpec(gray_p=0.0, blur_p=0.5, blur_kernel=_PIL_LIKE_BLUR_KERNEL),
     # Un-augmented images (authors: RandomResizedCrop(scale=(1, 1)), the full image for squares).
     "t_org": AugmentSpec(crop_scale=None, flip_p=0.0, jitter_p=0.0, gray_p=0.0),
+    # The rotation network's views (rotation.augment): crops of 60-100% and mirror images, no colour
+    # change (Hendrycks et al. 2019 train with random crops and flips).
+    "flip_crop": AugmentSpec(crop_scale=(0.6, 1.0), jitter_p=0.0, gray_p=0.0),
     # Paper Table 5 crop strengths, with flip and jitter as t_pos.
     "weak": AugmentSpec(crop_scale=(0.7, 1.0), gray_p=0.0),
     "strong": AugmentSpec(crop_scale=(0.3, 0.7), gray_p=0.0),

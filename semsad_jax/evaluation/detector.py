@@ -10,7 +10,10 @@
 
 The detectors: ``semsad`` (the paper's method) and the baselines its eval run scores beside it on
 the same encoder and bank (``knn``, ``mahalanobis``; ``pixels_knn``, raw pixels, the floor), fitted
-on the bank the first time one is asked for (:class:`~semsad_jax.evaluation.baselines.Floors`).
+on the bank the first time one is asked for (:class:`~semsad_jax.evaluation.baselines.Floors`);
+``rotation``, the rotation-prediction network's detector, where the config enables it
+(``rotation.enabled``); ``combined`` (``eval.combined``), the lowest bank percentile of several of
+them (:mod:`semsad_jax.evaluation.combine`). :attr:`Detector.names` lists those a detector has.
 
 The score of an image x is s(r, x): the discriminator's score of the pair (reference r = the top-1
 cosine neighbour of x among the training features, partner = x). With ``discriminator.norm`` "batch"
@@ -32,6 +35,8 @@ from jax.sharding import Mesh
 from semsad_jax.data.arrays import images_from_array
 from semsad_jax.errors import SemsadError
 from semsad_jax.evaluation.baselines import BASELINES, Floors
+from semsad_jax.evaluation.combine import Combined
+from semsad_jax.evaluation.others import DETECTORS, OtherDetectors, check_detector
 from semsad_jax.method.features import compute_features
 from semsad_jax.method.neighbours import top_k_cosine
 from semsad_jax.method.scoring import discriminator_scores
@@ -39,11 +44,18 @@ from semsad_jax.models.build import compute_dtype
 from semsad_jax.parallel.mesh import make_mesh
 from semsad_jax.workdir.bank import load_bank
 from semsad_jax.workdir.fetch import resolve_detector
-from semsad_jax.workdir.layout import ConfigView, Workdir, as_workdir, run_identities
+from semsad_jax.workdir.layout import (
+    ConfigView,
+    Workdir,
+    as_workdir,
+    rotation_enabled,
+    run_identities,
+    trained_stages,
+)
 from semsad_jax.workdir.restore import check_bank_matches, restore_stage
 
 log = logging.getLogger(__name__)
-DETECTORS = ("semsad", *BASELINES)
+__all__ = ["DETECTORS", "Detector", "Neighbours", "bn_mode", "check_detector", "read_config"]
 BN_MODES = {
     "batch": "running_stats",
     "group": "group_norm",
@@ -57,13 +69,6 @@ def bn_mode(config: Any) -> str:
     if norm not in BN_MODES:
         raise SemsadError(f"unknown discriminator.norm {norm!r}; use one of {', '.join(BN_MODES)}.")
     return BN_MODES[norm]
-
-
-def check_detector(name: str) -> str:
-    """``name`` if it is one of :data:`DETECTORS`; a one-line SemsadError listing them otherwise."""
-    if name not in DETECTORS:
-        raise SemsadError(f"unknown detector {name!r}; use one of {', '.join(DETECTORS)}.")
-    return name
 
 
 def is_transductive(config: Any) -> bool:
@@ -83,7 +88,7 @@ class Neighbours(NamedTuple):
 
 
 @dataclasses.dataclass
-class Detector:
+class Detector(OtherDetectors):
     """Encoder h, discriminator s and the training bank of one trained workdir.
 
     Attributes:
@@ -98,6 +103,7 @@ class Detector:
       provenance: per stage, what was restored (trained epochs and steps, the checkpoint step,
         the identity digest, the config's epochs; :class:`~semsad_jax.workdir.restore.RestoredNetwork`);
         empty when built by hand.
+      rotation: (graphdef, params, batch_stats) of the rotation network, or None (not enabled).
     """
 
     config: Any
@@ -109,7 +115,9 @@ class Detector:
     workdir: str | None = None
     provenance: dict = dataclasses.field(default_factory=dict)
     thresholds: dict = dataclasses.field(default_factory=dict)
+    rotation: tuple | None = None
     _floors: Floors | None = dataclasses.field(default=None, repr=False)
+    _combined: Combined | None = dataclasses.field(default=None, repr=False)
 
     @classmethod
     def restore(
@@ -132,7 +140,7 @@ class Detector:
     ) -> Detector:
         """Restores encoder, discriminator and bank of ``workdir`` under ``config``."""
         wd = as_workdir(workdir)
-        wd.check_trained()
+        wd.check_trained(trained_stages(config))
         check_bank_matches(wd)
         mesh = mesh or make_mesh()
         identities = run_identities(config)
@@ -140,8 +148,11 @@ class Detector:
             wd, stage, config[stage], identities[stage], dtype=config.dtype, mesh=mesh
         )
         encoder, discriminator = restore("encoder"), restore("discriminator")
+        rotation = restore("rotation") if rotation_enabled(config) else None
         bank = load_bank(wd)
         provenance = {"encoder": encoder.provenance, "discriminator": discriminator.provenance}
+        if rotation is not None:
+            provenance["rotation"] = rotation.provenance
         results = wd.read(wd.results_json) or {}
         return cls(
             config,
@@ -153,6 +164,7 @@ class Detector:
             wd.path,
             provenance,
             {k: float(v) for k, v in results.get("threshold_95", {}).items()},
+            None if rotation is None else rotation[:3],
         )
 
     def __post_init__(self) -> None:
@@ -270,36 +282,37 @@ class Detector:
             nn = Neighbours(nn.indices[:, :k], nn.similarities[:, :k])
         return scores.mean(axis=1).astype(np.float32), feats, nn
 
-    @property
-    def floors(self) -> Floors:
-        """The baselines (knn, mahalanobis, pixels_knn), fitted on the bank on first use."""
-        if self._floors is None:
-            embed = lambda images, kind: self.features(images, output=kind)
-            self._floors = Floors.fit(self.bank, embed, self.config.eval, int(self.config.seed))
-        return self._floors
-
     def scores(
-        self, images: Any, *, detectors: tuple[str, ...] = DETECTORS, resize: bool = False
+        self, images: Any, *, detectors: tuple[str, ...] | None = None, resize: bool = False
     ) -> dict[str, np.ndarray]:
-        """{detector: float32 [N]} of each of ``detectors``, plus "nn" (int32 [N]) and
-        "nn_similarity" (float32 [N]): each image's nearest training image by h and its cosine.
-        One encoder pass serves every detector."""
+        """{detector: float32 [N]} of each of ``detectors`` (default: all of :attr:`names`), plus
+        "nn" (int32 [N]) and "nn_similarity" (float32 [N]): each image's nearest training image by
+        h and its cosine. One encoder pass serves every detector."""
         images = self.check_images(images, resize=resize)
+        detectors = self.names if detectors is None else tuple(detectors)
         for name in detectors:
-            check_detector(name)
-        baselines = [d for d in detectors if d != "semsad"]
+            self._check_has(name)
+        wanted = set(detectors)
+        if "combined" in wanted:
+            wanted |= set(self.combined_components)
+        baselines = [d for d in BASELINES if d in wanted]
         kind = self.floors.features if baselines else "head"
         # h (the neighbours) and the baselines' features from one forward pass
         outputs = ("head",) if kind == "head" else ("head", kind)
         computed = self.features(images, output=outputs)
         out: dict[str, np.ndarray] = {}
-        if "semsad" in detectors:
+        if "semsad" in wanted:
             out["semsad"], _, nn = self.score_with_neighbours(images, features=computed[0])
         else:
             nn = self.nearest_features(computed[0])
         if baselines:
             floors = self.floors.scores(images, computed[-1], mesh=self.mesh)
             out.update({d: floors[d] for d in baselines})
+        if "rotation" in wanted:
+            out["rotation"] = self.rotation_scores(images)
+        if "combined" in wanted:
+            out["combined"] = self.combined.scores(out)
+        out = {d: out[d] for d in detectors}  # only what was asked for
         out["nn"], out["nn_similarity"] = nn.indices[:, 0], nn.similarities[:, 0]
         return out
 
@@ -308,7 +321,8 @@ class Detector:
 
         ``semsad`` (default): s(nearest training image, image), averaged over
         ``eval.score_neighbours`` nearest training images when that is above 1; ``knn``,
-        ``mahalanobis``, ``pixels_knn``: the baselines of the same encoder and bank.
+        ``mahalanobis``, ``pixels_knn``: the baselines of the same encoder and bank; ``rotation``
+        and ``combined`` where the detector has them (:attr:`names`).
         """
         if detector == "semsad":
             return self.score_with_neighbours(images, resize=resize)[0]
@@ -317,7 +331,7 @@ class Detector:
     def threshold_of(self, detector: str = "semsad") -> float:
         """The ``detector``'s threshold stored by --mode=eval (keeps ``eval.tpr`` of the test set)."""
         if detector not in self.thresholds:
-            check_detector(detector)
+            self._check_has(detector)
             raise SemsadError(
                 f"no stored {detector} threshold in {self.workdir}; run --mode=eval first (it "
                 "writes eval/results.json with threshold_95)."

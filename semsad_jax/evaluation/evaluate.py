@@ -11,7 +11,10 @@ For the in-distribution test set (``eval.in_distribution`` or ``data.test``) and
 * ``mahalanobis``: minus the Mahalanobis distance to the training Gaussian(s) (SSD without labels),
   on the same features;
 * ``pixels_knn``: cosine similarity of the raw pixels to the ``eval.knn_k``-th nearest training image
-  (the floor: no learning; ``eval.pixels_centre`` subtracts the mean training image first).
+  (the floor: no learning; ``eval.pixels_centre`` subtracts the mean training image first);
+* ``rotation`` (with ``rotation.enabled``): the rotation network's mean log-probability of the true
+  transformation over the image's transformed copies;
+* ``combined`` (``eval.combined``): the lowest training-bank percentile of its components.
 
 Higher = more in-distribution; in-distribution is the POSITIVE class of every metric. Outputs in
 ``WORKDIR/eval/``: results.json (metrics as fractions in [0, 1], per-detector thresholds keeping
@@ -38,7 +41,7 @@ from semsad_jax.data.sets import DataSets
 from semsad_jax.data.specs import parse_spec
 from semsad_jax.errors import SemsadError
 from semsad_jax.evaluation import plots
-from semsad_jax.evaluation.detector import DETECTORS, Detector, bn_mode
+from semsad_jax.evaluation.detector import DETECTORS, Detector, bn_mode  # noqa: F401 (re-exported)
 from semsad_jax.evaluation.report import IN_NAME, METRICS, results_table, scores_key
 from semsad_jax.method.metrics import auroc_by_class, ood_metrics, threshold_at_tpr
 from semsad_jax.method.pairs import pair_settings, sample_pairs
@@ -142,7 +145,7 @@ def evaluate(
       the results dict written to results.json.
     """
     wd = as_workdir(workdir)
-    wd.check_trained()
+    wd.check_trained(layout.trained_stages(config))
     oods = ood_specs(config, extra_ood)
     in_spec = in_spec or in_distribution_spec(config)
     parse_spec(in_spec)
@@ -169,6 +172,7 @@ def evaluate_detector(
     v = config.eval
     tpr = float(v.tpr)
     floors = detector.floors
+    names = detector.names
     scored, classes = {}, {}
     for name, spec in [(IN_NAME, in_spec), *oods.items()]:
         log.info("scoring %s: %s", name, spec)
@@ -185,13 +189,13 @@ def evaluate_detector(
         "tpr": tpr,
         "ood": oods,
         "detectors": {
-            d: {n: _metrics(scored[IN_NAME][d], scored[n][d], tpr) for n in oods} for d in DETECTORS
+            d: {n: _metrics(scored[IN_NAME][d], scored[n][d], tpr) for n in oods} for d in names
         },
-        "threshold_95": {d: threshold_at_tpr(scored[IN_NAME][d], tpr) for d in DETECTORS},
+        "threshold_95": {d: threshold_at_tpr(scored[IN_NAME][d], tpr) for d in names},
         # per OOD set of several labelled classes: each class's AUROC alone (a diagnostic)
         "auroc_by_class": {
             d: {n: auroc_by_class(scored[IN_NAME][d], scored[n][d], *classes[n]) for n in classes}
-            for d in DETECTORS
+            for d in names
         },
         "baseline_features": floors.features,
         "pixels_centre": floors.pixels.mean is not None,
@@ -204,7 +208,7 @@ def evaluate_detector(
     }
     plotted = write_plots(detector, scored, results, out_dir) if v.plots else []
     if jax.process_index() == 0:  # every process computed the same; one writes
-        arrays = {scores_key(d, n): s[d] for n, s in scored.items() for d in DETECTORS}
+        arrays = {scores_key(d, n): s[d] for n, s in scored.items() for d in names}
         arrays.update({scores_key("nn", n): s["nn"] for n, s in scored.items()})
         needed = sum(a.nbytes for a in arrays.values()) + (1 << 20)
         check_free(out_dir, needed, "the eval outputs (scores.npz, results.json, results.txt)")
@@ -272,8 +276,8 @@ def write_plots(detector: Detector, scored: dict, results: dict, out_dir: str) -
         paths.append(
             plots.roc_curves(
                 os.path.join(out_dir, layout.ROC_PNG),
-                {d: scored[IN_NAME][d] for d in DETECTORS},
-                {n: {d: scored[n][d] for d in DETECTORS} for n in results["ood"]},
+                {d: scored[IN_NAME][d] for d in detector.names},
+                {n: {d: scored[n][d] for d in detector.names} for n in results["ood"]},
                 title=f"ROC, in-distribution positive [bn_mode: {mode}]",
             )
         )

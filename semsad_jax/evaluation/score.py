@@ -15,6 +15,7 @@ import jax
 from semsad_jax.data.sets import DataSets
 from semsad_jax.errors import SemsadError
 from semsad_jax.evaluation.detector import Detector, bn_mode
+from semsad_jax.workdir import layout
 from semsad_jax.workdir.layout import Workdir, as_workdir
 
 __all__ = ["score_images"]
@@ -40,7 +41,7 @@ def score_images(
     "detector"}.
     """
     wd = as_workdir(workdir)
-    wd.check_trained()
+    wd.check_trained(layout.trained_stages(config))
     if wd.threshold("semsad") is None:
         raise SemsadError(
             f"no evaluation in {wd.path}; run --mode=eval first (it stores the threshold)."

@@ -1,4 +1,5 @@
-"""Discriminator scores s(reference, partner) in inference mode, for any pairs of uint8 images.
+"""Discriminator scores s(reference, partner) in inference mode, for any pairs of uint8 images, and
+the rotation detector's scores (:func:`transform_scores`).
 
 The discriminator's input is the two images stacked on channels, order (reference, partner)
 (:func:`pairs.stack_pair`); its score is :func:`losses.pair_score` of the logits (the sum over its
@@ -22,6 +23,7 @@ from semsad_jax.augment.apply import to_float
 from semsad_jax.method.features import map_batched
 from semsad_jax.method.losses import pair_score
 from semsad_jax.method.pairs import PairSettings, sample_pairs, stack_pair
+from semsad_jax.method.transforms import all_transforms, num_transforms, transform_log_likelihood
 
 
 def forward_pairs(model: nnx.Module, pos: jax.Array, neg: jax.Array, two_passes: bool):
@@ -79,3 +81,39 @@ def sampled_pair_scores(
     neg = stack_pair(pairs["ref_neg"], pairs["partner_neg"])
     s_pos, s_neg = forward_pairs(model, pos, neg, two_passes=True)
     return pair_score(s_pos), pair_score(s_neg)
+
+
+@partial(jax.jit, static_argnames=("graphdef", "kind", "dtype"))
+def _transform_scores(graphdef, params, batch_stats, images, kind, dtype):
+    model = nnx.merge(graphdef, params, batch_stats)
+    model.eval()
+    copies, labels = all_transforms(to_float(images, dtype), kind)
+    logits = model(copies)
+    num = num_transforms(kind)
+    correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    return transform_log_likelihood(logits, num), correct.reshape(num, -1).mean(axis=0)
+
+
+def transform_scores(
+    graphdef: nnx.GraphDef,
+    params: dict,
+    batch_stats: dict,
+    images_u8: np.ndarray,
+    kind: str,
+    *,
+    mesh: Mesh,
+    batch_size: int = 500,
+    dtype: Any = jnp.float32,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rotation detector in inference mode: (scores float32 [N], accuracies float32 [N]).
+
+    score = the mean over the transformations t of ``kind`` of log p(t | t(x)) (higher = more
+    in-distribution); accuracy = the fraction of x's transformed copies classified right. Images
+    are scored in padded batches sharded over ``mesh``, each image with all its copies (a batch of
+    ``batch_size`` images is ``batch_size`` x T network inputs; scores do not depend on the batch).
+    """
+    fn = lambda x: _transform_scores(graphdef, params, batch_stats, x, kind, dtype)
+    out = map_batched(fn, (images_u8,), mesh=mesh, batch_size=batch_size)
+    if len(images_u8) == 0:
+        return np.zeros((0,), np.float32), np.zeros((0,), np.float32)
+    return tuple(np.asarray(a, np.float32).reshape(len(images_u8)) for a in out)

@@ -28,17 +28,24 @@ __all__ = [
     "compute_dtype",
     "make_discriminator",
     "make_encoder",
+    "make_rotation_net",
     "model_stats",
     "split_model",
 ]
 
-KINDS = ("encoder", "discriminator")
+KINDS = ("encoder", "discriminator", "rotation")
 # The config keys that fix a network's parameter tree (conv_impl only chooses how it is computed).
 ARCH_KEYS = {
-    "encoder": ("depth", "width", "norm", "head", "out_dim"),
+    "encoder": ("depth", "width", "norm", "head", "out_dim", "shifted_instances"),
     "discriminator": ("depth", "width", "activation", "norm", "out_dim", "head", "arch"),
+    "rotation": ("depth", "width", "norm", "transforms"),
 }
-_SEED_OFFSET = {"encoder": 0, "discriminator": 1}
+_SEED_OFFSET = {"encoder": 0, "discriminator": 1, "rotation": 2}
+# Classes of the encoder's auxiliary head with ``encoder.shifted_instances`` (the four rotations).
+SHIFTED_INSTANCES = 4
+# Classes of the rotation network per ``rotation.transforms`` (semsad_jax.method.transforms, which
+# models may not import, lists the transformations themselves; a test keeps the two equal).
+TRANSFORM_CLASSES = {"rotate": 4, "rotate_flip": 8, "geom": 72}
 
 
 def compute_dtype(name: Any) -> jnp.dtype:
@@ -46,26 +53,43 @@ def compute_dtype(name: Any) -> jnp.dtype:
     return canonical_dtype(name)
 
 
-def _resnet(section: Any, in_channels: int, activation: str, rngs: nnx.Rngs, dtype: Any) -> ResNet:
+def _resnet(
+    section: Any, in_channels: int, activation: str, rngs: nnx.Rngs, dtype: Any, **kw: Any
+) -> ResNet:
+    options = dict(head=getattr(section, "head", None), out_dim=getattr(section, "out_dim", None))
+    options.update(kw)
     return ResNet(
         depth=section.depth,
         width=section.width,
         in_channels=in_channels,
         activation=activation,
         norm=section.norm,
-        head=section.head,
-        out_dim=section.out_dim,
         dtype=dtype,
         conv_impl=section.conv_impl,
         stem_stride=getattr(section, "stem_stride", 1),
         rngs=rngs,
+        **options,
     )
 
 
 def make_encoder(section: Any, *, rngs: nnx.Rngs, dtype: Any = jnp.float32) -> ResNet:
     """Encoder h from its config section (depth, width, norm, head, out_dim, conv_impl and
-    stem_stride, absent = 1); 3 channels, ReLU."""
-    return _resnet(section, 3, "relu", rngs, dtype)
+    stem_stride, absent = 1); 3 channels, ReLU. With ``shifted_instances`` (absent = False) it also
+    has the auxiliary rotation head (:meth:`ResNet.aux`, 4 classes)."""
+    aux = SHIFTED_INSTANCES if getattr(section, "shifted_instances", False) else 0
+    return _resnet(section, 3, "relu", rngs, dtype, aux_out=aux)
+
+
+def make_rotation_net(section: Any, *, rngs: nnx.Rngs, dtype: Any = jnp.float32) -> ResNet:
+    """The transformation classifier of the ``rotation`` section: a 3-channel ReLU ResNet (depth,
+    width, norm, conv_impl) with a linear head to the number of ``transforms``."""
+    kind = section.transforms
+    if kind not in TRANSFORM_CLASSES:
+        raise SemsadError(
+            f"unknown rotation.transforms {kind!r}; use one of {', '.join(TRANSFORM_CLASSES)}."
+        )
+    out = TRANSFORM_CLASSES[kind]
+    return _resnet(section, 3, "relu", rngs, dtype, head="linear", out_dim=out)
 
 
 def make_discriminator(
@@ -96,10 +120,13 @@ def make_discriminator(
 def build(
     kind: str, section: Any, *, seed: int, dtype: Any = "float32"
 ) -> ResNet | SiameseDiscriminator:
-    """The ``kind`` network ("encoder" or "discriminator") of ``section`` with fresh parameters."""
+    """The ``kind`` network ("encoder", "discriminator" or "rotation") of ``section`` with fresh
+    parameters."""
     if kind not in KINDS:
         raise SemsadError(f"unknown network {kind!r}; use one of {', '.join(KINDS)}.")
-    make = make_encoder if kind == "encoder" else make_discriminator
+    make = {"encoder": make_encoder, "discriminator": make_discriminator}.get(
+        kind, make_rotation_net
+    )
     rngs = nnx.Rngs(int(seed) + _SEED_OFFSET[kind])
     return make(section, rngs=rngs, dtype=compute_dtype(dtype))
 

@@ -215,7 +215,7 @@ class BasicBlock(nnx.Module):
 
 
 class ResNet(nnx.Module):
-    """CIFAR ResNet-18/34 with a linear or MLP head.
+    """CIFAR ResNet-18/34 with a linear or MLP head (and, with ``aux_out``, a second linear head).
 
     ``__call__``: ``x`` float ``[B, H, W, in_channels]`` (NHWC, any float dtype) -> ``[B, out_dim]``
     float32. ``features``: the pooled ``[B, 8 * width]`` float32 features before the head.
@@ -236,6 +236,7 @@ class ResNet(nnx.Module):
         dtype=jnp.float32,
         conv_impl: str = "auto",
         stem_stride: int = 1,
+        aux_out: int = 0,
         rngs: nnx.Rngs,
     ):
         if depth not in STAGE_BLOCKS:
@@ -289,6 +290,9 @@ class ResNet(nnx.Module):
             self.head_hidden = _linear(self.feature_dim, self.feature_dim, dtype, rngs)
         if self.has_head:
             self.head = _linear(self.feature_dim, out_dim, dtype, rngs)
+        self.has_aux = bool(aux_out)
+        if self.has_aux:  # a second linear head on the pooled features (CSI's shift classifier)
+            self.aux_head = _linear(self.feature_dim, int(aux_out), dtype, rngs)
 
     def features(self, x: jax.Array) -> jax.Array:
         """``[B, H, W, in_channels]`` -> globally pooled ``[B, 8 * width]`` float32 features."""
@@ -306,6 +310,12 @@ class ResNet(nnx.Module):
         if self.has_hidden:
             y = ACTIVATIONS[self.activation](self.head_hidden(y))
         return self.head(y).astype(jnp.float32)
+
+    def aux(self, pooled: jax.Array) -> jax.Array:
+        """The auxiliary linear head (``aux_out`` > 0) on pooled features: ``[B, aux_out]`` float32."""
+        if not self.has_aux:
+            raise SemsadError("this ResNet has no auxiliary head; build it with aux_out > 0.")
+        return self.aux_head(pooled.astype(self.dtype)).astype(jnp.float32)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.project(self.features(x))

@@ -29,6 +29,7 @@ from semsad_jax.augment.apply import augment_batch
 from semsad_jax.augment.presets import get_spec
 from semsad_jax.data.arrays import ImageSet
 from semsad_jax.method.losses import contrastive_loss
+from semsad_jax.method.transforms import all_transforms, transform_loss
 from semsad_jax.models.build import build, compute_dtype, model_stats
 from semsad_jax.train import stage
 from semsad_jax.train import step as steps
@@ -38,15 +39,19 @@ from semsad_jax.workdir.layout import TRAIN_DIGEST
 log = logging.getLogger(__name__)
 STAGE = "encoder"
 
-__all__ = ["bound_train_step", "make_train_step", "row_indices", "train_encoder"]
+__all__ = [
+    "bound_train_step",
+    "encoder_loss",
+    "make_train_step",
+    "row_indices",
+    "shifted_instances",
+    "train_encoder",
+]
 
 
 def row_indices(setup: steps.StepSetup):
     """``(step, root) -> (batch indices,)``: the rows a step reads, in the step and on the host."""
-    num_images, batch = setup.num_images, int(setup.section.batch_size)
-    return lambda step, root: (
-        steps.batch_indices(jax.random.fold_in(root, 1), step, num_images, batch),
-    )
+    return steps.batch_rows(setup)
 
 
 def make_train_step(setup: steps.StepSetup):
@@ -55,13 +60,16 @@ def make_train_step(setup: steps.StepSetup):
     ``data``: with ``setup.placement == "device"`` the whole uint8 set [N,H,W,3] replicated; with
     ``"host"`` the step's batch rows ``(uint8 [B,H,W,3],)`` batch-sharded (see
     :class:`CompiledStep`). ``setup.section``: the ``encoder`` config section. The state is
-    donated. Metrics: ``loss`` and ``finite`` (the loss and every parameter finite).
+    donated. Metrics: ``loss`` and ``finite`` (the loss and every parameter finite); with
+    ``encoder.shifted_instances`` (CSI, an extension) the batch's four rotations are the instances
+    (:func:`shifted_instances`) and the metrics add the loss's parts (:func:`encoder_loss`).
     """
     graphdef, tx, section, mesh = setup.graphdef, setup.tx, setup.section, setup.mesh
     dtype, host = compute_dtype(setup.dtype), setup.placement == "host"
-    batch = int(section.batch_size)
     spec = get_spec(section.augment)
     loss_name, temperature = section.loss, float(section.temperature)
+    shifted = bool(getattr(section, "shifted_instances", False))
+    weight = float(getattr(section, "shift_head_weight", 1.0))
     sharded = parallel.batch_sharding(mesh)
     rows_at = row_indices(setup)
 
@@ -70,21 +78,52 @@ def make_train_step(setup: steps.StepSetup):
         (x,) = steps.take_rows(data, rows_at(step, root), host)
         x = jax.lax.with_sharding_constraint(x, sharded)
         key = jax.random.fold_in(aug_key, step)
-        v1 = augment_batch(jax.random.fold_in(key, 0), x, spec, dtype=dtype)
-        v2 = augment_batch(jax.random.fold_in(key, 1), x, spec, dtype=dtype)
+        instances, labels = shifted_instances(x) if shifted else (x, None)
+        v1 = augment_batch(jax.random.fold_in(key, 0), instances, spec, dtype=dtype)
+        v2 = augment_batch(jax.random.fold_in(key, 1), instances, spec, dtype=dtype)
         views = jax.lax.with_sharding_constraint(jnp.concatenate([v1, v2]), sharded)
 
         def loss_fn(params):
             model = nnx.merge(graphdef, params, state["batch_stats"])
             model.train()
-            z = model(views).astype(jnp.float32)
-            loss = contrastive_loss(loss_name, z[:batch], z[batch:], temperature)
-            return loss, (model_stats(model), None)
+            pooled = model.features(views)
+            z = model.project(pooled).astype(jnp.float32)
+            aux = model.aux(pooled) if shifted else None
+            loss, parts = encoder_loss(loss_name, z, temperature, aux, labels, weight)
+            return loss, (model_stats(model), parts)
 
-        new, loss, _, finite = steps.gradient_step(tx, state, loss_fn)
-        return new, {"loss": loss, "finite": finite}
+        new, loss, parts, finite = steps.gradient_step(tx, state, loss_fn)
+        return new, {"loss": loss, **parts, "finite": finite}
 
     return functools.partial(stage.jit_step(step_fn, setup), root=stage.seed_key(setup))
+
+
+def shifted_instances(images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """CSI's shifted instances of a batch [B, H, W, C]: its four rotations as 4 x B distinct
+    instances (rotation-major) and their rotation labels int32 [4 x B]."""
+    return all_transforms(images, "rotate")
+
+
+def encoder_loss(
+    loss_name: str,
+    z: jax.Array,
+    temperature: float,
+    aux_logits: jax.Array | None = None,
+    labels: jax.Array | None = None,
+    weight: float = 1.0,
+) -> tuple[jax.Array, dict]:
+    """The encoder's loss on the head outputs z [2N, D] of two views of N instances (view 1 rows,
+    then view 2 rows): the contrastive loss, where every other instance of the batch is a negative
+    (with shifted instances: the other rotations of the same image too). With ``aux_logits`` [2N, 4]
+    (shifted instances) ``weight`` x the rotation cross-entropy against ``labels`` [N] (both views)
+    is added. Returns (loss, {"contrastive", "shift_loss", "shift_accuracy"} of what applies)."""
+    n = z.shape[0] // 2
+    contrastive = contrastive_loss(loss_name, z[:n], z[n:], temperature)
+    if aux_logits is None:
+        return contrastive, {}
+    shift, accuracy = transform_loss(aux_logits, jnp.concatenate([labels, labels]))
+    parts = {"contrastive": contrastive, "shift_loss": shift, "shift_accuracy": accuracy}
+    return contrastive + weight * shift, parts
 
 
 def bound_train_step(setup: steps.StepSetup, images: np.ndarray) -> stage.CompiledStep:
@@ -149,7 +188,7 @@ def train_encoder(
         identity=identity,
         build=lambda: build(STAGE, section, seed=ctx.seed, dtype=dtype),
         steps_per_epoch=len(train) // batch,
-        images_per_step=2 * batch,
+        images_per_step=(8 if getattr(section, "shifted_instances", False) else 2) * batch,
         num_train=len(train),
         make_step=make_step,
         placement=parallel.resolve_placement(ctx.placement, train.images.nbytes),

@@ -27,6 +27,7 @@ from semsad_jax.train.optim import make_optimizer
 __all__ = [
     "StepSetup",
     "batch_indices",
+    "batch_rows",
     "check_batch_size",
     "gradient_step",
     "init_state",
@@ -70,6 +71,13 @@ def batch_indices(key: jax.Array, step: jax.Array, num_images: int, batch: int) 
     data_pass, within = step // per_pass, step % per_pass
     order = jax.random.permutation(jax.random.fold_in(key, data_pass), num_images)
     return jax.lax.dynamic_slice(order, (within * batch,), (batch,))
+
+
+def batch_rows(setup: StepSetup):
+    """``(step, root) -> (batch indices,)``: the rows of a stage whose step reads one batch of
+    ``section.batch_size`` images (encoder, rotation), in the jitted step and on the host."""
+    num_images, batch = setup.num_images, int(setup.section.batch_size)
+    return lambda step, root: (batch_indices(jax.random.fold_in(root, 1), step, num_images, batch),)
 
 
 def take_rows(data: Any, indices: tuple[jax.Array, ...], host: bool) -> tuple[jax.Array, ...]:

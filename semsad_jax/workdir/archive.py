@@ -10,6 +10,7 @@ An archive holds what :meth:`semsad_jax.Detector.restore` reads and nothing of t
     encoder/<step>/...                ONLY the finished checkpoint, slimmed: params and batch_stats
                                       (opt_state is an empty dict; restore_model drops it anyway)
     discriminator/stage.json, discriminator/<step>/...
+    rotation/stage.json, rotation/<step>/...   (when the config enables the rotation detector)
     bank/bank.json, bank/arrays/...   the feature bank, as in the workdir
     eval/results.json, eval/results.txt
 
@@ -45,9 +46,9 @@ from semsad_jax.workdir.checkpoints import StageCheckpoints
 from semsad_jax.workdir.layout import (
     RESULTS_JSON,
     RESULTS_TXT,
-    STAGES,
     Workdir,
     as_workdir,
+    trained_stages,
     write_file,
 )
 from semsad_jax.workdir.space import reporting_disk_full
@@ -79,8 +80,7 @@ def file_sha256(path: str) -> str:
 
 # ---- export ---------------------------------------------------------------------------------------
 def _check_exportable(wd: Workdir) -> None:
-    wd.config()  # config.json or a one-line error
-    wd.check_trained()
+    wd.check_trained(trained_stages(wd.config()))  # config.json or a one-line error first
     if wd.read(wd.bank_json) is None:
         raise SemsadError(
             f"no feature bank in {wd.bank_dir}; run --mode=discriminator with this --workdir first."
@@ -165,7 +165,7 @@ def export_detector(
     with tempfile.TemporaryDirectory(prefix=".semsad-export-", dir=out_dir) as staging:
         files = {"config.json": wd.config_json}
         steps = {}
-        for stage in STAGES:
+        for stage in trained_stages(wd.config()):
             steps[stage] = _slim_checkpoint(wd, stage, staging)
             files[f"{stage}/stage.json"] = wd.stage_json(stage)
             step_dir = os.path.join(staging, stage, str(steps[stage]))

@@ -33,7 +33,6 @@ __all__ = [
 ]
 
 # Keys of a stage's section that never change its weights (the number of epochs may be extended).
-# Keys of a stage's section that never change its weights (the number of epochs may be extended).
 RUN_ONLY_KEYS = {
     "encoder": (
         "epochs",
@@ -52,6 +51,14 @@ RUN_ONLY_KEYS = {
         "keep_checkpoints",
         "log_every_steps",
         "feature_batch_size",
+    ),
+    "rotation": (
+        "enabled",
+        "epochs",
+        "conv_impl",
+        "checkpoint_every_steps",
+        "keep_checkpoints",
+        "log_every_steps",
     ),
 }
 # Keys of the data section that change what the networks are trained on.
@@ -73,6 +80,8 @@ ADDED_KEYS = {
     "discriminator.init_from_encoder": False,
     "discriminator.trunk_lr_scale": 1.0,
     "encoder.stem_stride": 1,
+    "encoder.shifted_instances": False,
+    "encoder.shift_head_weight": 1.0,
 }
 
 
@@ -180,13 +189,19 @@ def identity_problem(
 
 
 def run_identities(config: Any, train_digest: str | None = None) -> dict[str, dict]:
-    """{"encoder": identity, "discriminator": identity} of a whole run config (the second includes
-    the first, so a discriminator is tied to the encoder it was trained on). ``train_digest``:
-    the digest of the decoded training images, when the run has loaded them."""
+    """{"encoder": identity, "discriminator": identity[, "rotation": identity]} of a whole run
+    config (the discriminator's includes the encoder's, so a discriminator is tied to the encoder it
+    was trained on; the rotation network stands alone, and is there when the config has a
+    ``rotation`` section). ``train_digest``: the digest of the decoded training images, when the
+    run has loaded them."""
     seed, dtype = int(config.seed), str(config.dtype)
     kw = dict(train_digest=train_digest)
     encoder = stage_identity("encoder", config.encoder, config.data, seed, dtype, **kw)
     discriminator = stage_identity(
         "discriminator", config.discriminator, config.data, seed, dtype, upstream=encoder, **kw
     )
-    return {"encoder": encoder, "discriminator": discriminator}
+    out = {"encoder": encoder, "discriminator": discriminator}
+    rotation = getattr(config, "rotation", None)
+    if rotation is not None:
+        out["rotation"] = stage_identity("rotation", rotation, config.data, seed, dtype, **kw)
+    return out

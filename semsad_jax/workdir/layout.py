@@ -7,6 +7,7 @@ A workdir holds one run::
     encoder/                  Orbax checkpoints, stage.json, metrics.jsonl   (train.encoder)
     bank/                     bank.json and the Orbax arrays                  (workdir.bank)
     discriminator/            as encoder/                                     (train.discriminator)
+    rotation/                 as encoder/ (with rotation.enabled)              (train.rotation)
     eval/                     results.json, results.txt, scores.npz, hist_semsad.png, roc.png
     score/scores.csv          --mode=score
 
@@ -58,6 +59,18 @@ SCORE = "score"
 # The files of eval/ (--mode=eval).
 RESULTS_JSON, RESULTS_TXT, SCORES_NPZ = "results.json", "results.txt", "scores.npz"
 HIST_PNG, ROC_PNG = "hist_semsad.png", "roc.png"
+
+
+def rotation_enabled(config: Any) -> bool:
+    """Whether ``config`` trains and scores the rotation detector (``rotation.enabled``; a config
+    without a ``rotation`` section, e.g. one written before it existed: no)."""
+    section = getattr(config, "rotation", None)
+    return bool(section is not None and section.get("enabled", False))
+
+
+def trained_stages(config: Any) -> tuple[str, ...]:
+    """The stages a trained workdir of ``config`` holds: encoder, discriminator (and rotation)."""
+    return STAGES + (("rotation",) if rotation_enabled(config) else ())
 
 
 class ConfigView(dict):

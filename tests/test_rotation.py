@@ -118,7 +118,7 @@ def test_score_of_a_known_network_by_hand():
     rng = np.random.default_rng(2)
     images = rng.integers(0, 256, (7, 8, 8, 3), dtype=np.uint8)  # 7: padded over 4 devices
     scores, accuracy = transform_scores(
-        *network, images, "rotate", mesh=parallel.make_mesh(), batch_size=4
+        *network, images, "rotate", mesh=parallel.make_mesh(), inputs_per_call=16
     )
     by_hand, right = [], []
     for image in images:

@@ -106,7 +106,7 @@ class Budget:
     rot_depth: int = 18
     rot_batch: int = 64
     rot_lr: float = 1e-3
-    combined: str = "mahalanobis,pixels_knn"  # eval.combined
+    combined: str = ""  # eval.combined where the rotation detector is on ("" = the config's)
 
 
 BUDGETS = {
@@ -305,7 +305,8 @@ def make_config(budget: Budget, protocol: dict, seed: int, norm: str, extra=()):
     r.depth, r.width, r.batch_size = budget.rot_depth, budget.rot_width, budget.rot_batch
     r.epochs, r.learning_rate = max(1, budget.rot_epochs), budget.rot_lr
     r.checkpoint_every_steps, r.log_every_steps = 1000, 50
-    c.eval.combined = budget.combined if r.enabled else "mahalanobis,pixels_knn"
+    if r.enabled and budget.combined:
+        c.eval.combined = budget.combined
     for name, spec in protocol["ood"].items():
         c.eval.ood[name] = spec
     apply_overrides(c, (*budget.overrides, *extra))
@@ -460,11 +461,11 @@ def main(argv: list[str] | None = None) -> dict:
         if os.path.isdir(os.path.join(encoders_from, args.split)):
             encoders_from = os.path.join(encoders_from, args.split)
     _enable_compile_cache(os.path.join(work_base, "jax_cache"))
-    t0, records = time.time(), []
+    t0, records, run_seeds, run_protos = time.time(), [], seeds, protos
     if args.append:  # keep the earlier (protocol, seed) runs of OUT that this one does not redo
         records, seeds, protos, t0 = _earlier(args, budget, extra, seeds, protos, t0)
-    for name, protocol in protocols(budget, archive, names, args.split).items():
-        for seed in [int(s) for s in args.seeds.split(",")] if args.seeds else budget.seeds:
+    for name, protocol in run_protos.items():
+        for seed in run_seeds:
             records = [r for r in records if (r["protocol"], r["seed"]) != (name, seed)]
             records += run_one(
                 work_root, name, protocol, seed, budget, bn_modes, extra, encoders_from

@@ -24,7 +24,6 @@ from semsad_jax.evaluation.baselines import (
 )
 from semsad_jax.evaluation.combine import Combined, parse_components
 from semsad_jax.method.scoring import transform_scores
-from semsad_jax.method.transforms import num_transforms
 
 __all__ = ["DETECTORS", "OtherDetectors", "check_detector"]
 
@@ -77,17 +76,13 @@ class OtherDetectors:
         transformations t of ``rotation.transforms`` (higher = more in-distribution)."""
         self._check_has("rotation")
         images = self.check_images(images, resize=resize)
-        graphdef, params, stats = self.rotation
         kind = str(self.config.rotation.transforms)
-        batch = max(1, int(self.config.eval.batch_size) * 4 // num_transforms(kind))
         scores, _ = transform_scores(
-            graphdef,
-            params,
-            stats,
+            *self.rotation,
             images,
             kind,
             mesh=self.mesh,
-            batch_size=batch,
+            inputs_per_call=4 * int(self.config.eval.batch_size),  # eval.batch_size rotated 4 ways
             dtype=self._dtype,
         )
         return scores

@@ -102,17 +102,19 @@ def transform_scores(
     kind: str,
     *,
     mesh: Mesh,
-    batch_size: int = 500,
+    inputs_per_call: int = 2000,
     dtype: Any = jnp.float32,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The rotation detector in inference mode: (scores float32 [N], accuracies float32 [N]).
 
     score = the mean over the transformations t of ``kind`` of log p(t | t(x)) (higher = more
     in-distribution); accuracy = the fraction of x's transformed copies classified right. Images
-    are scored in padded batches sharded over ``mesh``, each image with all its copies (a batch of
-    ``batch_size`` images is ``batch_size`` x T network inputs; scores do not depend on the batch).
+    are scored in padded batches sharded over ``mesh``, each image with all its T copies: a batch
+    holds ``inputs_per_call // T`` images (at least one), so ``inputs_per_call`` bounds the network
+    inputs of one call whatever ``kind`` (scores do not depend on the batch).
     """
     fn = lambda x: _transform_scores(graphdef, params, batch_stats, x, kind, dtype)
+    batch_size = max(1, int(inputs_per_call) // num_transforms(kind))
     out = map_batched(fn, (images_u8,), mesh=mesh, batch_size=batch_size)
     if len(images_u8) == 0:
         return np.zeros((0,), np.float32), np.zeros((0,), np.float32)

@@ -119,7 +119,7 @@ def train_rotation(
             images,
             kind,
             mesh=ctx.mesh,
-            batch_size=max(1, 2048 // num),
+            inputs_per_call=2048,
             dtype=dtype,
         )
         out = {
